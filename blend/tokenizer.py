@@ -1,0 +1,61 @@
+"""A thin wrapper over a `tokenizers` tokenizer.json with the special tokens kvblend's prompts use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from blend.weights import CheckpointError
+
+# Special tokens in the Qwen2.5-Coder convention (the bundled model uses the same names).
+FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"
+FILE_SEP, REPO_NAME, ENDOFTEXT = "<|file_sep|>", "<|repo_name|>", "<|endoftext|>"
+
+
+class Tokenizer:
+    def __init__(self, tok: HFTokenizer, eos_ids: tuple[int, ...] = ()) -> None:
+        self._tok = tok
+        self.eos_ids = eos_ids or tuple(i for i in [self.token_id(ENDOFTEXT)] if i is not None)
+
+    @classmethod
+    def from_dir(cls, model_dir: Path, eos_ids: tuple[int, ...] = ()) -> Tokenizer:
+        path = model_dir / "tokenizer.json"
+        if not path.is_file():
+            raise CheckpointError(f"missing tokenizer.json in {model_dir}")
+        try:
+            tok = HFTokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception on malformed files
+            raise CheckpointError(f"cannot read {path}: {e}") from None
+        if not eos_ids:
+            eos_ids = _eos_from_tokenizer_config(model_dir, tok)
+        return cls(tok, eos_ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def token_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def encode(self, text: str) -> list[int]:
+        """Raw text to ids, special-token strings in the text mapped to their ids, no BOS/EOS added."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        return self._tok.decode(ids, skip_special_tokens=skip_special)
+
+
+def _eos_from_tokenizer_config(model_dir: Path, tok: HFTokenizer) -> tuple[int, ...]:
+    path = model_dir / "tokenizer_config.json"
+    if not path.is_file():
+        return ()
+    try:
+        eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return ()
+    if isinstance(eos, dict):
+        eos = eos.get("content")
+    eid = tok.token_to_id(eos) if isinstance(eos, str) else None
+    return (eid,) if eid is not None else ()

@@ -1,0 +1,1 @@
+"""capsule: see ../DESIGN.md (lands with its own issue)."""

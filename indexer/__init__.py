@@ -1,0 +1,1 @@
+"""indexer: see ../DESIGN.md (lands with its own issue)."""

@@ -1,0 +1,5 @@
+import sys
+
+from kvblend.cli import main
+
+sys.exit(main())

@@ -1,0 +1,109 @@
+"""The `kvblend` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Subcommands that later work owns; they exist so scripts and docs can name them already.
+PLANNED = {
+    "serve": "run the language server over stdio",
+    "index": "index a workspace and precompute its chunk KV",
+    "complete": "complete at a cursor in a file",
+    "eval": "batch completion evaluation",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kvblend", description="Repository-aware code completion with blended KV caches.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate a continuation of a raw prompt (no template)")
+    _model_args(g)
+    g.add_argument("--prompt-file", required=True, type=Path, help="UTF-8 text file holding the prompt")
+    g.add_argument("--max-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    be = bsub.add_parser("engine", help="prefill / decode speed against the transformers forward")
+    _model_args(be)
+    be.add_argument("--prompt-tokens", type=int, default=2048)
+    be.add_argument("--decode-tokens", type=int, default=32)
+    be.add_argument("--json", action="store_true", help="print one JSON object")
+
+    for name, text in PLANNED.items():
+        sub.add_parser(name, help=f"{text} (not implemented yet)", add_help=False)
+    return p
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=None, help="HF-format checkpoint directory (default: bundled model)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, rest = build_parser().parse_known_args(argv)
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.command in PLANNED:
+        print(f"kvblend {args.command}: not implemented yet", file=sys.stderr)
+        return 2
+    if rest:
+        print(f"kvblend: unrecognized arguments: {' '.join(rest)}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "generate":
+            return _generate(args)
+        if args.command == "bench":
+            return _bench_engine(args)
+    except ValueError as e:  # boundary errors (config, checkpoint, input) carry a message for the user
+        print(f"kvblend: error: {e}", file=sys.stderr)
+        return 1
+    return 2
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from blend.generate import generate
+    from blend.loader import load_model
+    from blend.sampling import Sampler, SamplingParams
+
+    try:
+        prompt = args.prompt_file.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"cannot read prompt file {args.prompt_file}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"prompt file {args.prompt_file} is not UTF-8 text") from None
+    lm = load_model(args.model, device=args.device)
+    ids = lm.tokenizer.encode(prompt)
+    if not ids:
+        raise ValueError(f"prompt file {args.prompt_file} is empty")
+    sampler = Sampler(SamplingParams(args.temperature, args.top_p, args.seed))
+    out = generate(lm.model, ids, args.max_tokens, sampler, lm.tokenizer.eos_ids)
+    sys.stdout.write(lm.tokenizer.decode(out.tokens))
+    sys.stdout.flush()
+    return 0
+
+
+def _bench_engine(args: argparse.Namespace) -> int:
+    from kvblend.bench import bench_engine
+
+    result = bench_engine(args.model, args.prompt_tokens, args.decode_tokens, args.device)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>24}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

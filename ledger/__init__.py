@@ -1,0 +1,1 @@
+"""ledger: see ../DESIGN.md (lands with its own issue)."""

@@ -1,0 +1,1 @@
+"""lsp_server: see ../DESIGN.md (lands with its own issue)."""
