@@ -106,6 +106,8 @@ class ModelConfig:
             )
         except KeyError as e:
             raise ConfigError(f"config.json lacks required field {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config.json has a malformed size field: {e}") from None
         fields["rope"] = _rope_from_hf(hf, fields["max_position_embeddings"])
         if arch == "Qwen2ForCausalLM":
             fields["qkv_bias"] = True

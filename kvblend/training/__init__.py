@@ -1,0 +1,1 @@
+"""Training the bundled default model: corpus, sample mixes, copy probes, the training loop."""

@@ -1,0 +1,199 @@
+"""Train the bundled default model (seeded, resumable; CPU by default, CUDA when present).
+
+    python -m kvblend.training.train --steps 6000 --out models/kvblend-tiny-py
+
+Two phases: a copy curriculum (mostly repeated spans and cross-file definition-then-use samples) in which
+induction heads form, then a mix of repository-level code (half of it FIM) with copy samples kept in.
+Progress, held-out loss and the induction ratio are logged every `--eval-every` steps; a checkpoint in
+`--work` lets a killed run resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from blend.config import ModelConfig, RopeConfig
+from blend.loader import load_model
+from blend.model import Transformer
+from blend.tokenizer import Tokenizer
+from kvblend.training import probes
+from kvblend.training.corpus import load_repos, split_repos
+from kvblend.training.export import export_checkpoint
+from kvblend.training.samples import SampleMaker, name_words, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+# The shipped architecture. 4 layers x 256 trains at ~2.5k tokens/s on 2 CPU cores; see MODEL_CARD.md.
+TINY = ModelConfig(
+    architecture="LlamaForCausalLM",
+    vocab_size=4096,
+    dim=256,
+    n_layers=4,
+    n_heads=4,
+    n_kv_heads=2,
+    head_dim=64,
+    intermediate_size=768,
+    norm_eps=1e-5,
+    rope=RopeConfig(theta=10000.0),
+    max_position_embeddings=4096,
+    tie_embeddings=True,
+    eos_token_ids=(0,),
+)
+
+# Sample mix per phase: kind -> weight.
+PHASES = {
+    "copy": {"repeat": 0.6, "defuse": 0.3, "repo": 0.1},
+    "main": {"repo": 0.5, "defuse": 0.25, "repeat": 0.25},
+}
+
+
+@dataclasses.dataclass
+class TrainArgs:
+    out: Path
+    work: Path
+    steps: int
+    copy_steps: int
+    seq_len: int
+    batch: int
+    copy_batch: int
+    lr: float
+    warmup: int
+    seed: int
+    eval_every: int
+    init_from: Path | None
+    device: str
+    max_minutes: float
+
+
+def lr_at(step: int, a: TrainArgs) -> float:
+    if step < a.warmup:
+        return a.lr * (step + 1) / a.warmup
+    frac = (step - a.warmup) / max(1, a.steps - a.warmup)
+    return a.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def init_weights(model: Transformer) -> None:
+    for name, p in model.named_parameters():
+        if p.dim() == 2:
+            std = 0.02 / math.sqrt(2 * model.cfg.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+            torch.nn.init.normal_(p, 0.0, std)
+
+
+def make_batch(maker: SampleMaker, phase: str, batch: int, device) -> torch.Tensor:
+    kinds, weights = zip(*PHASES[phase].items(), strict=True)
+    rows = [maker.sample(maker.rng.choices(kinds, weights)[0]) for _ in range(batch)]
+    return torch.tensor(rows, device=device)  # [batch, seq_len + 1]
+
+
+def train(a: TrainArgs) -> dict:
+    torch.manual_seed(a.seed)
+    dev = torch.device(a.device)
+    repos = load_repos()
+    train_repos, held_repos = split_repos(repos)
+    a.work.mkdir(parents=True, exist_ok=True)
+    tok_path = a.work / "tokenizer.json"
+    if a.init_from is not None:
+        lm = load_model(a.init_from, device="cpu", dtype=torch.float32)
+        model, hf_tok_json = lm.model, (a.init_from / "tokenizer.json").read_text()
+        model.requires_grad_(True).train()
+    else:
+        if not tok_path.exists():
+            tok_path.write_text(train_tokenizer(train_repos, TINY.vocab_size).to_str())
+        hf_tok_json = tok_path.read_text()
+        model = Transformer(TINY)
+        init_weights(model)
+    tok_path.write_text(hf_tok_json)
+    tok = Tokenizer.from_dir(a.work)
+    model = model.to(dev)
+    words = name_words(train_repos)
+    maker = SampleMaker(tok, train_repos, words, a.seq_len, a.seed)
+    decay = [p for p in model.parameters() if p.dim() == 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.95)
+    )
+    step, history, tokens_seen = 0, [], 0
+    ckpt = a.work / "ckpt.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, history, tokens_seen = state["step"], state["history"], state["tokens_seen"]
+        maker.rng.setstate(state["py_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resumed from step %d", step)
+    t_start, t_log, running, tokens_at_log = time.time(), time.time(), [], tokens_seen
+    while step < a.steps:
+        phase = "copy" if step < a.copy_steps else "main"
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, a)
+        batch = make_batch(maker, phase, a.copy_batch if phase == "copy" else a.batch, dev)
+        logits = model(batch[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        tokens_seen += batch.shape[0] * (batch.shape[1] - 1)
+        running.append(loss.item())
+        out_of_time = (time.time() - t_start) / 60 > a.max_minutes
+        if step % a.eval_every == 0 or step == a.steps or out_of_time:
+            model.eval()
+            ind = probes.induction_ratio(model, TINY.vocab_size, n=16)
+            held = probes.held_out_loss(model, tok, held_repos, a.seq_len, max_windows=16)
+            model.train()
+            rate = (tokens_seen - tokens_at_log) / (time.time() - t_log)
+            entry = {"step": step, "phase": phase, "train_loss": round(sum(running) / len(running), 3),
+                     "held_out_loss": round(held, 3), "induction": ind, "tokens_seen": tokens_seen,
+                     "tok_s": round(rate), "lr": round(lr_at(step, a), 6)}  # fmt: skip
+            history.append(entry)
+            log.info(json.dumps(entry))
+            running, t_log, tokens_at_log = [], time.time(), tokens_seen
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "history": history,
+                        "tokens_seen": tokens_seen, "py_rng": maker.rng.getstate(),
+                        "torch_rng": torch.get_rng_state()}, ckpt)  # fmt: skip
+            export_checkpoint(model, hf_tok_json, a.out)
+            (a.out / "train_history.json").write_text(json.dumps(history, indent=1) + "\n")
+        if out_of_time:
+            log.info("stopping at step %d: --max-minutes reached", step)
+            break
+    return {"step": step, "tokens_seen": tokens_seen, "history": history}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("models/kvblend-tiny-py"))
+    p.add_argument("--work", type=Path, default=Path("runs/train"), help="checkpoints for resuming")
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--copy-steps", type=int, default=2000, help="steps of the copy curriculum first")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--copy-batch", type=int, default=4, help="smaller batches: more steps for induction to form")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--init-from", type=Path, default=None, help="continue from a checkpoint directory")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--max-minutes", type=float, default=float("inf"), help="stop (and export) after this long")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    fields = {f.name for f in dataclasses.fields(TrainArgs)}
+    train(TrainArgs(**{k: v for k, v in vars(args).items() if k in fields}))
+
+
+if __name__ == "__main__":
+    main()

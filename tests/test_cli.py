@@ -1,0 +1,62 @@
+"""The `kvblend` command line contract (run as a real subprocess)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from blend.generate import generate
+from blend.loader import load_model
+
+
+def _run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "kvblend", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_generate_prints_only_the_greedy_continuation(hf_checkpoints, tmp_path):
+    ckpt = hf_checkpoints["llama-gqa"]
+    prompt = "def add(a, b):\n    return"
+    (tmp_path / "p.txt").write_text(prompt)
+    r = _run("generate", "--model", str(ckpt), "--prompt-file", str(tmp_path / "p.txt"), "--max-tokens", "12")
+    assert r.returncode == 0, r.stderr
+    lm = load_model(ckpt, device="cpu")
+    expected = generate(lm.model, lm.tokenizer.encode(prompt), 12, eos_ids=lm.tokenizer.eos_ids).tokens
+    assert r.stdout == lm.tokenizer.decode(expected)
+    assert len(expected) > 0
+
+
+def test_generate_errors_are_clear(hf_checkpoints, tmp_path):
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00bad")
+    r = _run("generate", "--model", str(hf_checkpoints["qwen2"]), "--prompt-file", str(tmp_path / "bin.txt"))
+    assert r.returncode == 1 and "not UTF-8" in r.stderr
+    (tmp_path / "ok.txt").write_text("x = 1")
+    r = _run("generate", "--model", str(tmp_path / "missing"), "--prompt-file", str(tmp_path / "ok.txt"))
+    assert r.returncode == 1 and "model directory not found" in r.stderr
+    assert r.stdout == ""
+
+
+def test_planned_subcommands_exit_2():
+    r = _run("eval")
+    assert r.returncode == 2 and "not implemented yet" in r.stderr
+
+
+def test_bench_engine_json_contract(hf_checkpoints):
+    r = _run("bench", "engine", "--model", str(hf_checkpoints["llama-gqa"]), "--prompt-tokens", "64",
+             "--decode-tokens", "4", "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    for key in ("prefill_tok_s", "decode_ms_per_tok", "hf_prefill_tok_s", "hf_decode_ms_per_tok"):
+        assert out[key] > 0
+    assert out["prefill_speedup"] == pytest.approx(out["prefill_tok_s"] / out["hf_prefill_tok_s"], rel=0.01)
+
+
+def test_generate_stops_on_eos(hf_checkpoints):
+    lm = load_model(hf_checkpoints["llama-gqa"], device="cpu")
+    prompt = [5, 6, 7]
+    first = generate(lm.model, prompt, 1).tokens[0]
+    out = generate(lm.model, prompt, 10, eos_ids=(first,))
+    assert out.tokens == [] and out.stop_reason == "eos"
+    assert generate(lm.model, prompt, 3).stop_reason == "max_tokens"
+    assert torch.is_tensor(lm.model.inv_freq)
