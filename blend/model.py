@@ -19,6 +19,7 @@ from torch import nn
 from blend.config import ModelConfig
 from blend.kv_cache import KVCache
 from blend.rope import apply_rope, cos_sin, inv_frequencies
+from triton_kernels import selective_attention
 
 # Rows per MLP block at inference (see MLP.forward).
 MLP_ROW_BLOCK = 512
@@ -158,22 +159,44 @@ class Transformer(nn.Module):
         Their K/V are written into `cache` layer i at `slots` (a slice or index tensor [T]); they then
         attend to all `cache.n` cached tokens, a token at position p only to keys at positions <= p
         (and within the layer's sliding window). The cache's positions at `slots` must already be set.
-        `rope` and `mask` may be precomputed once for all layers (see `step_plan`). Returns [T, dim].
+        `rope` and `mask` may be precomputed once for all layers (see `step_plan`); mask "selective"
+        uses the position-blocked selective attention (no work on keys no query can see). Returns [T, dim].
         """
-        blk = self.layers[i]
-        cos, sin = rope if rope is not None else self.rope_tables(positions)
-        q, k, v = blk.self_attn.qkv(blk.input_layernorm(h)[None], cos, sin)  # [1, heads, T, head_dim]
+        q, k, v = self.layer_qkv(i, h, rope if rope is not None else self.rope_tables(positions))
         k_store, v_store = cache.layer(i)  # [n_kv_heads, capacity, head_dim]
-        k_store[:, slots] = k[0]
-        v_store[:, slots] = v[0]
-        n = cache.n
-        if isinstance(mask, str) and mask == "auto":
-            mask = attention_mask(positions, cache.positions, self.cfg.sliding_windows[i])
-        is_causal = isinstance(mask, str)  # "causal": the step is the whole cache, in position order
-        if is_causal:
-            mask = None
-        out = blk.self_attn.attend(q, k_store[None, :, :n], v_store[None, :, :n], mask, is_causal)
-        h = h + out[0]
+        k_store[:, slots] = k
+        v_store[:, slots] = v
+        return self.layer_finish(i, h, q, positions, cache, mask)
+
+    def layer_qkv(self, i: int, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """h: [T, dim] -> q: [n_heads, T, head_dim], k, v: [n_kv_heads, T, head_dim] (q, k rotated by `rope`)."""
+        blk = self.layers[i]
+        q, k, v = blk.self_attn.qkv(blk.input_layernorm(h)[None], *rope)
+        return q[0], k[0], v[0]
+
+    def layer_finish(
+        self,
+        i: int,
+        h: torch.Tensor,
+        q: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache,
+        mask: torch.Tensor | None | str = "auto",
+    ) -> torch.Tensor:
+        """Attention of `q: [n_heads, T, head_dim]` over the whole cache of layer i, then o_proj, MLP, residuals."""
+        blk, n, window = self.layers[i], cache.n, self.cfg.sliding_windows[i]
+        k_all, v_all = (t[:, :n] for t in cache.layer(i))  # [n_kv_heads, n, head_dim]
+        if isinstance(mask, str) and mask == "selective":
+            attn = selective_attention(
+                q, k_all, v_all, positions, cache.positions, blk.self_attn.head_dim**-0.5, window
+            )  # [n_heads, T, head_dim]
+            out = blk.self_attn.o_proj(attn.transpose(0, 1).reshape(q.shape[1], -1))
+        else:
+            if isinstance(mask, str) and mask == "auto":
+                mask = attention_mask(positions, cache.positions, window)
+            is_causal = isinstance(mask, str)  # "causal": the step is the whole cache, in position order
+            out = blk.self_attn.attend(q[None], k_all[None], v_all[None], None if is_causal else mask, is_causal)[0]
+        h = h + out
         return h + blk.mlp(blk.post_attention_layernorm(h))
 
     def step_plan(self, positions: torch.Tensor, cache: KVCache, slots: slice | torch.Tensor) -> tuple:

@@ -40,6 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--decode-tokens", type=int, default=32)
     be.add_argument("--json", action="store_true", help="print one JSON object")
 
+    bb = bsub.add_parser("blend", help="TTFT and fidelity of blending vs full prefill, naive reuse, prefix reuse")
+    _model_args(bb)
+    bb.add_argument("--chunks", type=int, default=8)
+    bb.add_argument("--chunk-tokens", type=int, default=512)
+    bb.add_argument("--prompt-tokens", type=int, default=256)
+    bb.add_argument("--decode-tokens", type=int, default=32)
+    bb.add_argument("--shared-prefix", action="store_true", help="precompute chunks behind the repo header")
+    bb.add_argument("--chunk-start-tokens", type=int, default=None, help="always recompute each chunk's first N")
+    bb.add_argument("--repeats", type=int, default=3)
+    bb.add_argument("--json", action="store_true", help="print one JSON object")
+
     for name, text in PLANNED.items():
         sub.add_parser(name, help=f"{text} (not implemented yet)", add_help=False)
     return p
@@ -64,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "generate":
             return _generate(args)
         if args.command == "bench":
-            return _bench_engine(args)
+            return _bench_blend(args) if args.bench == "blend" else _bench_engine(args)
     except ValueError as e:  # boundary errors (config, checkpoint, input) carry a message for the user
         print(f"kvblend: error: {e}", file=sys.stderr)
         return 1
@@ -96,8 +107,23 @@ def _generate(args: argparse.Namespace) -> int:
 def _bench_engine(args: argparse.Namespace) -> int:
     from kvblend.bench import bench_engine
 
-    result = bench_engine(args.model, args.prompt_tokens, args.decode_tokens, args.device)
-    if args.json:
+    return _print(bench_engine(args.model, args.prompt_tokens, args.decode_tokens, args.device), args.json)
+
+
+def _bench_blend(args: argparse.Namespace) -> int:
+    from blend.cacheblend import BlendConfig
+    from kvblend.bench_blend import bench_blend
+
+    starts = BlendConfig().chunk_start_tokens if args.chunk_start_tokens is None else args.chunk_start_tokens
+    result = bench_blend(
+        args.model, args.chunks, args.chunk_tokens, args.prompt_tokens, args.decode_tokens,
+        shared_prefix=args.shared_prefix, chunk_start_tokens=starts, repeats=args.repeats, device=args.device,
+    )  # fmt: skip
+    return _print(result, args.json)
+
+
+def _print(result: dict, as_json: bool) -> int:
+    if as_json:
         print(json.dumps(result))
     else:
         for key, value in result.items():

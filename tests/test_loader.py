@@ -92,7 +92,9 @@ def test_legacy_rope_fields_are_read():
 def test_shape_mismatch_names_tensor_and_shapes(hf_checkpoints, tmp_path):
     d = _copy(hf_checkpoints["llama-gqa"], tmp_path / "bad-shape")
     _edit_config(d, intermediate_size=96)
-    with pytest.raises(CheckpointError, match=r"shape mismatch for 'model.layers.0.mlp.(gate|up|down)_proj.weight'.*\("):
+    with pytest.raises(
+        CheckpointError, match=r"shape mismatch for 'model.layers.0.mlp.(gate|up|down)_proj.weight'.*\("
+    ):
         load_model(d)
 
 

@@ -1,8 +1,8 @@
 """The training corpus: permissively licensed Python source on this machine, grouped into "repositories".
 
 The CPython standard library (PSF licence) is the source. Each top-level package (asyncio, email, ...) is one
-repository; top-level modules (and test modules) are grouped alphabetically into pseudo-repositories of ~12 files. A fixed,
-hash-chosen subset of repositories is held out: never trained on, used for held-out loss and probes.
+repository; top-level modules (and test modules) are grouped alphabetically into pseudo-repositories of ~12
+files. A fixed, hash-chosen subset of repositories is held out: never trained on, used for held-out loss and probes.
 """
 
 from __future__ import annotations

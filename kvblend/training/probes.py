@@ -106,7 +106,9 @@ def cross_file_copy(model: Transformer, tok: Tokenizer, repos: list[Repo], words
     for case in copy_cases(tok, repos, words, n):
         # The target is tokenised in context: the prompt ends in "first_", so append the rest as text.
         full = tok.encode(tok.decode(case.with_def, skip_special=False) + case.target)
-        target_ids = full[len(case.with_def) :] if full[: len(case.with_def)] == case.with_def else tok.encode(case.target)
+        target_ids = (
+            full[len(case.with_def) :] if full[: len(case.with_def)] == case.with_def else tok.encode(case.target)
+        )
         for key, prompt in (("with", case.with_def), ("without", case.without_def)):
             out = tok.decode(_greedy(model, prompt, len(target_ids) + 1))
             hits[key] += out.startswith(case.target)

@@ -65,7 +65,8 @@ def definition_file(rng: random.Random, names: list[str], words: list[str]) -> s
         body = rng.choice(
             [
                 f"    return {args.split(', ')[0]}\n",
-                f"    result = []\n    for item in {args.split(', ')[0]}:\n        result.append(item)\n    return result\n",
+                f"    result = []\n    for item in {args.split(', ')[0]}:\n"
+                "        result.append(item)\n    return result\n",
                 f"    if not {args.split(', ')[0]}:\n        return None\n    return len({args.split(', ')[-1]})\n",
             ]
         )

@@ -1,0 +1,223 @@
+"""CacheBlend: fuse independently precomputed chunk KV into one context, recomputing only a few tokens.
+
+For chunks c_1..c_m (each prefilled on its own, keys rotated for their stored positions) followed by a
+local prompt, `blend` builds the KV of the whole sequence as if it had been prefilled:
+
+1. Each chunk's keys are re-rotated from stored to new positions, one layer at a time (`rope_rerotate`).
+2. Layers before the first check layer run in full for every token (layer 0's KV depends only on token and
+   position, but the check layer needs every token's layer-0 output).
+3. At a check layer, fresh K/V are computed for the tokens still active; each context token is scored by
+   the deviation of its fresh K/V from the reused ones (`kv_deviation`); the top `recompute_ratio` of the
+   context is kept, plus the prompt and (optionally) the first tokens of every chunk.
+4. From there on only the kept tokens go through attention and MLP; their K/V overwrite the reused rows
+   (`kv_scatter`) and their queries attend to the whole fused cache under a true per-position causal mask
+   (`selective_attention`).
+
+recompute_ratio = 1 reproduces full prefill; 0 is naive concatenation with the RoPE fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+
+import torch
+
+from blend.config import ModelConfig
+from blend.kv_cache import KVCache
+from blend.model import Transformer
+from triton_kernels import kv_deviation, kv_scatter, rope_rerotate
+
+log = logging.getLogger(__name__)
+
+# RoPE variants whose rotation depends only on the position, so a key moves by rotating it by the delta.
+_REROTATABLE = ("default", "linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlendConfig:
+    recompute_ratio: float = 0.15  # fraction of context tokens recomputed from the first check layer on
+    check_layers: tuple[int, ...] = (1,)  # gradual filtering: later check layers re-score the kept tokens
+    # ratios kept at each further check layer, relative to the context size (must not grow)
+    later_ratios: tuple[float, ...] = ()
+    chunk_start_tokens: int = 0  # first tokens of every chunk always recomputed (attention sinks)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.recompute_ratio <= 1.0:
+            raise ValueError(f"recompute_ratio must be in [0, 1], got {self.recompute_ratio}")
+        if not self.check_layers or list(self.check_layers) != sorted(set(self.check_layers)):
+            raise ValueError(f"check_layers must be increasing and non-empty, got {self.check_layers}")
+        if len(self.later_ratios) != len(self.check_layers) - 1:
+            raise ValueError("later_ratios needs one ratio per check layer after the first")
+
+
+@dataclasses.dataclass
+class ChunkKV:
+    """One chunk's precomputed KV. k, v: [n_layers, n_kv_heads, n_tokens, head_dim]; positions: [n_tokens]."""
+
+    tokens: torch.Tensor  # [n_tokens]
+    k: torch.Tensor
+    v: torch.Tensor
+    positions: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+
+@dataclasses.dataclass
+class BlendResult:
+    logits: torch.Tensor  # [vocab] of the last prompt token
+    cache: KVCache  # the fused context + prompt, ready for decoding
+    selected: torch.Tensor  # [n_sel] slots recomputed from the first check layer on (prompt included)
+    timings: dict[str, float]
+
+
+def can_blend(cfg: ModelConfig) -> str | None:
+    """None when blending is exact for this model, else the reason it is not."""
+    if cfg.rope.rope_type not in _REROTATABLE:
+        return f"rope type {cfg.rope.rope_type!r} cannot be re-rotated exactly"
+    return None
+
+
+def precompute_chunk(
+    model: Transformer, tokens: torch.Tensor, offset: int | None = None, prefix: KVCache | None = None
+) -> ChunkKV:
+    """Prefill `tokens: [n]` on its own (optionally behind a shared `prefix`) and keep only its own KV."""
+    cache = prefix.clone() if prefix is not None else model.new_cache(tokens.shape[0])
+    start = cache.n
+    offset = cache.next_position if offset is None else offset
+    model.prefill(tokens, cache, positions=torch.arange(offset, offset + tokens.shape[0], device=tokens.device))
+    return ChunkKV(
+        tokens, cache.k[:, :, start:].clone(), cache.v[:, :, start:].clone(), cache.positions[start:].clone()
+    )
+
+
+def _fill_reused(model: Transformer, i: int, chunks: list[ChunkKV], bounds: list[int], cache: KVCache) -> None:
+    """Write every chunk's layer-i KV into the fused cache, keys moved to their new positions."""
+    k_store, v_store = cache.layer(i)  # [n_kv_heads, capacity, head_dim]
+    for c, start in zip(chunks, bounds, strict=False):
+        end = start + len(c)
+        delta = cache.positions[start:end] - c.positions.to(cache.positions.device)  # [n]
+        k = c.k[i].to(device=k_store.device, dtype=k_store.dtype)
+        k_store[:, start:end] = rope_rerotate(k, delta, model.inv_freq) if bool(delta.any()) else k
+        v_store[:, start:end] = c.v[i]
+
+
+@torch.inference_mode()
+def blend(
+    model: Transformer,
+    chunks: list[ChunkKV],
+    prompt: torch.Tensor,
+    cfg: BlendConfig = BlendConfig(),
+    extra_capacity: int = 64,
+) -> BlendResult:
+    """Build the KV of `chunks` + `prompt: [P]` at positions 0..N+P-1 and return the prompt's last logits."""
+    t0 = time.perf_counter()
+    reason = can_blend(model.cfg)
+    if reason is not None:
+        _warn_once(reason)
+        return _full(model, chunks, prompt, extra_capacity)
+    if max(cfg.check_layers) >= model.cfg.n_layers:
+        raise ValueError(f"check layer {max(cfg.check_layers)} >= n_layers {model.cfg.n_layers}")
+    dev = model.device
+    bounds = [0]
+    for c in chunks:
+        bounds.append(bounds[-1] + len(c))
+    n_ctx, n_prompt = bounds[-1], prompt.shape[0]
+    total = n_ctx + n_prompt
+    tokens = torch.cat([c.tokens.to(dev) for c in chunks] + [prompt.to(dev)])  # [total]
+    positions = torch.arange(total, device=dev)
+    cache = model.new_cache(total + extra_capacity)
+    cache.set_positions(cache.reserve(total), positions)
+    (cos, sin), masks = model.step_plan(positions, cache, slice(0, total))  # cos, sin: [total, head_dim]
+    forced = torch.zeros(total, dtype=torch.bool, device=dev)
+    forced[n_ctx:] = True  # the local prompt is always computed
+    if cfg.chunk_start_tokens:
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+            forced[start : min(end, start + cfg.chunk_start_tokens)] = True
+    ratios = (cfg.recompute_ratio, *cfg.later_ratios)
+    active = positions  # slots whose hidden state is carried; [n_active]
+    h = model.embed(tokens)  # [n_active, dim]
+    t_check = t_layers = 0.0
+    for i in range(model.cfg.n_layers):
+        t_layer = time.perf_counter()
+        if i < cfg.check_layers[0]:
+            h = model.layer_step(i, h, positions, cache, slice(0, total), (cos, sin), masks[i])
+            t_layers += time.perf_counter() - t_layer
+            continue
+        _fill_reused(model, i, chunks, bounds, cache)
+        k_store, v_store = cache.layer(i)
+        q, k, v = model.layer_qkv(i, h, (cos[active], sin[active]))  # q: [heads, n_active, D]
+        if i in cfg.check_layers:
+            keep = max(0, min(n_ctx, math.ceil(ratios[cfg.check_layers.index(i)] * n_ctx)))
+            in_ctx = active < n_ctx
+            score = kv_deviation(k, k_store[:, active]) + kv_deviation(v, v_store[:, active])  # [n_active]
+            score = torch.where(forced[active] | ~in_ctx, torch.inf, score)
+            n_keep = min(active.shape[0], keep + int((forced[active] | ~in_ctx).sum()))
+            rows = torch.topk(score, n_keep).indices.sort().values  # rows of `active`, position order
+            active, h, q, k, v = active[rows], h[rows], q[:, rows], k[:, rows], v[:, rows]
+            t_check += time.perf_counter() - t_layer
+        kv_scatter(k_store, k, active)
+        kv_scatter(v_store, v, active)
+        h = model.layer_finish(i, h, q, active, cache, "selective")
+        t_layers += time.perf_counter() - t_layer
+    logits = model.logits(h[-1:])[0]
+    timings = {"total_s": time.perf_counter() - t0, "layers_s": t_layers, "check_s": t_check}
+    return BlendResult(logits, cache, active, timings)
+
+
+@torch.inference_mode()
+def naive(model: Transformer, chunks: list[ChunkKV], prompt: torch.Tensor, extra_capacity: int = 64) -> BlendResult:
+    """Baseline: reuse every chunk's KV with keys moved to their new positions; prefill only the prompt."""
+    t0 = time.perf_counter()
+    n_ctx = sum(len(c) for c in chunks)
+    cache = model.new_cache(n_ctx + prompt.shape[0] + extra_capacity)
+    cache.set_positions(cache.reserve(n_ctx), torch.arange(n_ctx, device=model.device))
+    bounds = [0]
+    for c in chunks[:-1]:
+        bounds.append(bounds[-1] + len(c))
+    for i in range(model.cfg.n_layers):
+        _fill_reused(model, i, chunks, bounds, cache)
+    logits = model.prefill(prompt.to(model.device), cache)
+    return BlendResult(logits, cache, torch.arange(n_ctx, cache.n), {"total_s": time.perf_counter() - t0})
+
+
+@torch.inference_mode()
+def prefix_reuse(model: Transformer, chunks: list[ChunkKV], prompt: torch.Tensor, extra_capacity: int = 64):
+    """Baseline: exact prefix caching. The first chunk's KV is reused as is (it must have been computed at
+    positions 0..n-1 with nothing before it); everything after it is prefilled."""
+    t0 = time.perf_counter()
+    first = chunks[0]
+    if not torch.equal(first.positions.cpu(), torch.arange(len(first))):
+        raise ValueError("prefix reuse needs the first chunk precomputed at positions 0..n-1")
+    rest = torch.cat([c.tokens.to(model.device) for c in chunks[1:]] + [prompt.to(model.device)])
+    cache = KVCache.from_tensors(first.k.to(model.device), first.v.to(model.device), first.positions.to(model.device))
+    cache.reserve(rest.shape[0] + extra_capacity)
+    cache.truncate(len(first))
+    logits = model.prefill(rest, cache)
+    return BlendResult(logits, cache, torch.arange(len(first), cache.n), {"total_s": time.perf_counter() - t0})
+
+
+@torch.inference_mode()
+def _full(model: Transformer, chunks: list[ChunkKV], prompt: torch.Tensor, extra_capacity: int) -> BlendResult:
+    t0 = time.perf_counter()
+    tokens = torch.cat([c.tokens.to(model.device) for c in chunks] + [prompt.to(model.device)])
+    cache = model.new_cache(tokens.shape[0] + extra_capacity)
+    logits = model.prefill(tokens, cache)
+    return BlendResult(logits, cache, torch.arange(tokens.shape[0]), {"total_s": time.perf_counter() - t0})
+
+
+def full_prefill(model: Transformer, chunks: list[ChunkKV], prompt: torch.Tensor, extra_capacity: int = 64):
+    """Baseline: prefill the identical token sequence from scratch."""
+    return _full(model, chunks, prompt, extra_capacity)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(reason: str) -> None:
+    if reason not in _warned:
+        _warned.add(reason)
+        log.warning("blending disabled, falling back to full prefill: %s", reason)
