@@ -13,7 +13,6 @@ log = logging.getLogger(__name__)
 # Subcommands that later work owns; they exist so scripts and docs can name them already.
 PLANNED = {
     "serve": "run the language server over stdio",
-    "index": "index a workspace and precompute its chunk KV",
     "complete": "complete at a cursor in a file",
     "eval": "batch completion evaluation",
 }
@@ -51,6 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--repeats", type=int, default=3)
     bb.add_argument("--json", action="store_true", help="print one JSON object")
 
+    bi = bsub.add_parser("index", help="indexing tokens/s vs raw prefill; disk-tier load GB/s vs a plain read")
+    _model_args(bi)
+    bi.add_argument("path", type=Path, help="the repository to index")
+    bi.add_argument("--repeats", type=int, default=3)
+    bi.add_argument("--json", action="store_true", help="print one JSON object")
+
+    ix = sub.add_parser("index", help="index a workspace and precompute its chunk KV")
+    _model_args(ix)
+    ix.add_argument("path", type=Path, help="the workspace root")
+    ix.add_argument("--cache-dir", type=Path, default=None, help="disk tier (default: PATH/.kvblend/cache)")
+    ix.add_argument("--redis-url", default=None, help="also use a shared redis tier, e.g. redis://host:6379/0")
+    ix.add_argument("--max-chunk-tokens", type=int, default=512)
+    ix.add_argument("--json", action="store_true", help="print one JSON object")
+
     for name, text in PLANNED.items():
         sub.add_parser(name, help=f"{text} (not implemented yet)", add_help=False)
     return p
@@ -74,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "index":
+            return _index(args)
         if args.command == "bench":
+            if args.bench == "index":
+                return _bench_index(args)
             return _bench_blend(args) if args.bench == "blend" else _bench_engine(args)
     except ValueError as e:  # boundary errors (config, checkpoint, input) carry a message for the user
         print(f"kvblend: error: {e}", file=sys.stderr)
@@ -120,6 +137,59 @@ def _bench_blend(args: argparse.Namespace) -> int:
         shared_prefix=args.shared_prefix, chunk_start_tokens=starts, repeats=args.repeats, device=args.device,
     )  # fmt: skip
     return _print(result, args.json)
+
+
+def _index(args: argparse.Namespace) -> int:
+    from blend.loader import load_model
+    from indexer import Indexer, IndexerConfig, StoreConfig
+
+    if not args.path.is_dir():
+        raise ValueError(f"not a directory: {args.path}")
+    tiers = ("memory", "disk", "redis") if args.redis_url else ("memory", "disk")
+    store = StoreConfig(tiers=tiers, redis_url=args.redis_url)
+    cfg = IndexerConfig(args.path, cache_dir=args.cache_dir, max_chunk_tokens=args.max_chunk_tokens, store=store)
+    lm = load_model(args.model, device=args.device)
+    bar = _ProgressBar() if sys.stderr.isatty() else None
+    idx = Indexer(cfg, lm, progress=bar)
+    try:
+        stats = idx.index()
+    finally:
+        idx.close()
+        if bar is not None:
+            bar.close()
+    out = stats.to_dict()
+    keys = ("files", "chunks", "tokens", "bytes", "seconds", "tokens_per_s", "skipped", "computed", "reused")
+    return _print({k: out[k] for k in keys}, args.json)
+
+
+class _ProgressBar:
+    """A one-line progress bar on stderr for `kvblend index` (redrawn at most every 0.1 s)."""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+
+    def __call__(self, p) -> None:
+        import time
+
+        now = time.monotonic()
+        if now - self._last < 0.1 and p.done < p.total:
+            return
+        self._last = now
+        width = 30
+        fill = int(width * p.fraction)
+        sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {p.done}/{p.total} chunks, {p.tokens} tokens ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+
+
+def _bench_index(args: argparse.Namespace) -> int:
+    from kvblend.bench_index import bench_index
+
+    if not args.path.is_dir():
+        raise ValueError(f"not a directory: {args.path}")
+    return _print(bench_index(args.model, args.path, args.device, args.repeats), args.json)
 
 
 def _print(result: dict, as_json: bool) -> int:

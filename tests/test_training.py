@@ -33,9 +33,9 @@ def corpus(tmp_path_factory):
 
 
 def _args(tmp, corpus, steps, **kw):
-    base = dict(out=tmp / "out", work=tmp / "work", steps=steps, copy_steps=2, seq_len=64, batch=2, copy_batch=2,
-                lr=1e-3, warmup=2, seed=0, eval_every=2, init_from=None, device="cpu", max_minutes=60,
-                preset="micro", corpus_root=corpus)  # fmt: skip
+    base = dict(out=tmp / "out", work=tmp / "work", steps=steps, copy_steps=1, induct_steps=1, induct_seq_len=32,
+                seq_len=64, batch=2, copy_batch=2, lr=1e-3, warmup=2, seed=0, eval_every=2, init_from=None,
+                device="cpu", max_minutes=60, preset="micro", corpus_root=corpus)  # fmt: skip
     base.update(kw)
     return TrainArgs(**base)
 

@@ -2,8 +2,9 @@
 
     python -m kvblend.training.train --steps 6000 --out models/kvblend-tiny-py
 
-Two phases: a copy curriculum (mostly repeated spans and cross-file definition-then-use samples) in which
-induction heads form, then a mix of repository-level code (half of it FIM) with copy samples kept in.
+Three phases: short sequences of repeated spans only (many cheap optimizer steps, where induction heads
+form), a copy-heavy mix (repeated spans and cross-file definition-then-use samples), then repository-level
+code (half of it FIM) with copy samples kept in.
 Progress, held-out loss and the induction ratio are logged every `--eval-every` steps; a checkpoint in
 `--work` lets a killed run resume where it stopped.
 """
@@ -69,6 +70,7 @@ PRESETS = {
 
 # Sample mix per phase: kind -> weight.
 PHASES = {
+    "induct": {"repeat": 1.0},
     "copy": {"repeat": 0.6, "defuse": 0.3, "repo": 0.1},
     "main": {"repo": 0.5, "defuse": 0.25, "repeat": 0.25},
 }
@@ -80,6 +82,8 @@ class TrainArgs:
     work: Path
     steps: int
     copy_steps: int
+    induct_steps: int
+    induct_seq_len: int
     seq_len: int
     batch: int
     copy_batch: int
@@ -92,6 +96,13 @@ class TrainArgs:
     max_minutes: float
     preset: str = "tiny"
     corpus_root: Path | None = None
+
+
+def phase_at(step: int, a: TrainArgs) -> str:
+    """induct (short pure-repeat sequences) -> copy (copy-heavy mix) -> main (code with copy samples)."""
+    if step < a.induct_steps:
+        return "induct"
+    return "copy" if step < a.induct_steps + a.copy_steps else "main"
 
 
 def lr_at(step: int, a: TrainArgs) -> float:
@@ -160,10 +171,11 @@ def train(a: TrainArgs) -> dict:
         log.info("resumed from step %d", step)
     t_start, t_log, running, tokens_at_log = time.time(), time.time(), [], tokens_seen
     while step < a.steps:
-        phase = "copy" if step < a.copy_steps else "main"
+        phase = phase_at(step, a)
+        maker.seq_len = a.induct_seq_len if phase == "induct" else a.seq_len
         for group in opt.param_groups:
             group["lr"] = lr_at(step, a)
-        batch = make_batch(maker, phase, a.copy_batch if phase == "copy" else a.batch, dev)
+        batch = make_batch(maker, phase, a.batch if phase == "main" else a.copy_batch, dev)
         logits = model(batch[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -202,10 +214,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("models/kvblend-tiny-py"))
     p.add_argument("--work", type=Path, default=Path("runs/train"), help="checkpoints for resuming")
     p.add_argument("--steps", type=int, default=5000)
-    p.add_argument("--copy-steps", type=int, default=2000, help="steps of the copy curriculum first")
+    p.add_argument("--copy-steps", type=int, default=500, help="steps of the copy-heavy mix after the induct phase")
+    p.add_argument("--induct-steps", type=int, default=2500, help="steps of short pure-repeat sequences first")
+    p.add_argument("--induct-seq-len", type=int, default=128)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--copy-batch", type=int, default=4, help="smaller batches: more steps for induction to form")
+    p.add_argument("--copy-batch", type=int, default=8, help="batch of the induct and copy phases")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)

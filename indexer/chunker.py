@@ -1,0 +1,240 @@
+"""Split files into chunks of at most N tokens, each rendered as `<|file_sep|>path\\n<text>` and tokenized alone.
+
+Units first, then packing:
+- Python: one unit per top-level definition (decorators and the comment block above it included) and one
+  per run of other top-level statements, from `ast`; a file that does not parse falls back to the heuristic.
+- Other code: a unit starts at a non-indented line after a blank line (closing brackets stay with their block).
+- Markdown: a unit per heading (outside fenced code).
+Blank lines before a unit belong to it, so appending to a file never changes its last chunk.
+A unit under `min_chunk_tokens` joins the next one (so an import block does not pay a header of its own);
+one over the limit is split between lines, preferring blank lines. A chunk's identity is hash(model
+fingerprint, its tokens), so a unit that did not change keeps its key wherever it moves in the file.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import hashlib
+import logging
+import re
+
+from blend.tokenizer import FILE_SEP, Tokenizer
+from indexer.keys import ChunkKey, chunk_key
+
+log = logging.getLogger(__name__)
+
+KINDS = ("code", "markdown", "commit")
+MARKDOWN_EXTENSIONS = (".md", ".markdown", ".mdx", ".rst")
+_HEADING = re.compile(r"^#{1,6}\s")
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_CLOSER = re.compile(r"^[\)\]\}]|^end\b|^fi\b|^done\b|^esac\b")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    path: str  # workspace-relative posix path (commits: .git/commits/<sha12>)
+    kind: str  # code | markdown | commit
+    start_line: int  # 1-based, inclusive (commits: 0)
+    end_line: int
+    text: str  # rendered: header + body, exactly what `tokens` encode
+    tokens: tuple[int, ...]
+    key: ChunkKey
+    text_hash: str  # blake2b of the body, for near-duplicate removal and change checks
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    @functools.cached_property
+    def terms(self) -> dict[str, int]:
+        """Identifier -> count in the body (retrieval's BM25)."""
+        counts: dict[str, int] = {}
+        for m in _IDENT.finditer(self.text[self.text.index("\n") + 1 :]):
+            counts[m.group()] = counts.get(m.group(), 0) + 1
+        return counts
+
+
+def text_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+def header(path: str) -> str:
+    return f"{FILE_SEP}{path}\n"
+
+
+def kind_of(path: str) -> str:
+    return "markdown" if path.lower().endswith(MARKDOWN_EXTENSIONS) else "code"
+
+
+class Chunker:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        fingerprint: str,
+        max_tokens: int = 512,
+        min_tokens: int = 48,
+        prefix: tuple[int, ...] = (),
+    ) -> None:
+        self.tok = tokenizer
+        self.fingerprint = fingerprint
+        self.max_tokens = max_tokens
+        self.min_tokens = min_tokens
+        self.prefix = prefix  # token ids of the shared prefix chunks are precomputed behind (part of the key)
+        self._unit_tokens: dict[tuple[int, int], int] = {}  # (first, end line) -> tokens, of the file being split
+
+    def make(self, path: str, kind: str, body: str, start_line: int, end_line: int) -> Chunk:
+        text = header(path) + body
+        tokens = tuple(self.tok.encode(text))
+        key = chunk_key(self.fingerprint, tokens, self.prefix)
+        return Chunk(path, kind, start_line, end_line, text, tokens, key, text_hash(body))
+
+    def chunk_file(self, path: str, text: str) -> list[Chunk]:
+        """All chunks of one file, in file order; [] for an empty or all-blank file."""
+        lines = text.splitlines(keepends=True)
+        if not any(line.strip() for line in lines):
+            return []
+        kind = kind_of(path)
+        if kind == "markdown":
+            starts = markdown_starts(lines)
+        elif path.endswith((".py", ".pyi")):
+            starts = python_starts(text, lines)
+            if starts is None:
+                log.debug("%s does not parse; chunking it by indentation", path)
+                starts = heuristic_starts(lines)
+        else:
+            starts = heuristic_starts(lines)
+        spans = _spans(starts, len(lines))
+        budget = self.max_tokens - len(self.tok.encode(header(path)))
+        if budget < 8:
+            raise ValueError(f"path {path!r} leaves no room in a {self.max_tokens}-token chunk")
+        spans = self._merge_small(lines, spans, budget)
+        chunks = []
+        pieces = [p for a, b in spans for p in self._split(lines, a, b, budget)]
+        merged: list[tuple[int, int]] = []
+        for s, e in pieces:  # blank-only pieces join the next piece (the last one: the previous)
+            if merged and not "".join(lines[merged[-1][0] : merged[-1][1]]).strip():
+                s = merged.pop()[0]
+            merged.append((s, e))
+        if len(merged) > 1 and not "".join(lines[merged[-1][0] : merged[-1][1]]).strip():
+            s, e = merged.pop()
+            merged[-1] = (merged[-1][0], e)
+        for s, e in merged:
+            chunks.append(self._fit(path, kind, "".join(lines[s:e]), s + 1, e))
+        return [c for group in chunks for c in group]
+
+    # -- packing -------------------------------------------------------------------------------
+
+    def _count(self, text: str) -> int:
+        return len(self.tok.encode(text))
+
+    def _merge_small(self, lines: list[str], spans: list[tuple[int, int]], budget: int) -> list[tuple[int, int]]:
+        """Join units under min_tokens to the next one. Counts are per unit, summed for joins (BPE is nearly
+        additive at line breaks; `_fit` catches the rare excess)."""
+        counts = [self._count("".join(lines[a:b])) for a, b in spans]
+        out: list[tuple[int, int, int]] = []
+        carry: tuple[int, int, int] | None = None
+        for (a, b), n in zip(spans, counts, strict=True):
+            if carry is not None:
+                if carry[2] + n <= budget:
+                    a, n = carry[0], carry[2] + n
+                else:
+                    out.append(carry)
+                carry = None
+            if n < self.min_tokens:
+                carry = (a, b, n)
+            else:
+                out.append((a, b, n))
+        if carry is not None:
+            if out and out[-1][2] + carry[2] <= budget:
+                out[-1] = (out[-1][0], carry[1], out[-1][2] + carry[2])
+            else:
+                out.append(carry)
+        self._unit_tokens = {(a, b): n for a, b, n in out}
+        return [(a, b) for a, b, _ in out]
+
+    def _split(self, lines: list[str], a: int, b: int, budget: int) -> list[tuple[int, int]]:
+        """Split lines[a:b] into spans of at most ~budget tokens, preferring to cut after a blank line."""
+        if self._unit_tokens.get((a, b), budget + 1) <= budget:
+            return [(a, b)]
+        out, start, used, last_blank = [], a, 0, None
+        for i in range(a, b):
+            n = self._count(lines[i])
+            if used + n > budget and i > start:
+                cut = last_blank + 1 if last_blank is not None and last_blank + 1 - start > (i - start) // 2 else i
+                out.append((start, cut))
+                start, last_blank = cut, None
+                used = self._count("".join(lines[start:i]))
+            used += n
+            if not lines[i].strip():
+                last_blank = i
+        out.append((start, b))
+        return out
+
+    def _fit(self, path: str, kind: str, body: str, start_line: int, end_line: int) -> list[Chunk]:
+        """One chunk, or several when the rendered text still exceeds the limit (BPE is not additive over
+        lines, and a single line can be longer than the budget): halve by lines, then by characters."""
+        chunk = self.make(path, kind, body, start_line, end_line)
+        if chunk.n_tokens <= self.max_tokens:
+            return [chunk]
+        lines = body.splitlines(keepends=True)
+        if len(lines) > 1:
+            mid = len(lines) // 2
+            top, bottom = "".join(lines[:mid]), "".join(lines[mid:])
+            return self._fit(path, kind, top, start_line, start_line + mid - 1) + self._fit(
+                path, kind, bottom, start_line + mid, end_line
+            )
+        mid = len(body) // 2
+        return self._fit(path, kind, body[:mid], start_line, end_line) + self._fit(
+            path, kind, body[mid:], start_line, end_line
+        )
+
+
+def _spans(starts: list[int], n_lines: int) -> list[tuple[int, int]]:
+    bounds = sorted({0, *[s for s in starts if 0 < s < n_lines], n_lines})
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def python_starts(text: str, lines: list[str]) -> list[int] | None:
+    """0-based first lines of the top-level units of a Python file, or None when it does not parse."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    starts = []
+    for node in tree.body:
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        start = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
+        while start > 0 and lines[start - 1].lstrip().startswith("#"):  # the comment block above it
+            start -= 1
+        starts += [_with_blanks(lines, start), node.end_lineno or start + 1]  # the def, and what follows it
+    return starts
+
+
+def _with_blanks(lines: list[str], i: int) -> int:
+    """Blank lines before a unit belong to it: appending a unit at the end of a file leaves the last one as is."""
+    while i > 0 and not lines[i - 1].strip():
+        i -= 1
+    return i
+
+
+def heuristic_starts(lines: list[str]) -> list[int]:
+    starts = []
+    for i, line in enumerate(lines):
+        top_level = line.strip() and not line[0].isspace() and not _CLOSER.match(line)
+        if top_level and (i == 0 or not lines[i - 1].strip()):
+            starts.append(_with_blanks(lines, i))
+    return starts
+
+
+def markdown_starts(lines: list[str]) -> list[int]:
+    starts, fenced = [], False
+    for i, line in enumerate(lines):
+        if _FENCE.match(line):
+            fenced = not fenced
+        elif not fenced and _HEADING.match(line):
+            starts.append(_with_blanks(lines, i))
+    return starts

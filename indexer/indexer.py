@@ -1,0 +1,281 @@
+"""The indexer: workspace -> chunks -> missing KV precomputed into the store, kept current by `update`.
+
+The CLI (`kvblend index`), the watcher and the language server all go through `index()` (a full walk) and
+`update(paths)` (incremental: a file whose text hash did not change is not even re-chunked; of a changed
+file only chunks whose key is not in the store are computed, so editing one function recomputes its chunk
+and nothing else).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+
+from blend.cacheblend import ChunkKV
+from blend.loader import LoadedModel
+from blend.tokenizer import REPO_NAME
+from indexer import serde
+from indexer.chunker import Chunk, Chunker, text_hash
+from indexer.commits import commit_chunks, commit_texts
+from indexer.config import IndexerConfig
+from indexer.ignore import IgnoreRules
+from indexer.precompute import PrecomputeQueue, Precomputer, Priority, ProgressCallback
+from indexer.store import KVStore, TieredStore
+from indexer.walk import SourceFile, read_source, walk_workspace
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class UpdateResult:
+    files: int = 0  # files looked at
+    added: int = 0  # chunks new to the index
+    removed: int = 0  # chunks gone from the index
+    unchanged: int = 0  # chunks whose key was already indexed
+    queued: int = 0  # chunks whose KV was missing from the store and went to the precompute queue
+    computed: int = 0  # chunks computed before `update` returned (0 in background mode)
+    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+
+@dataclasses.dataclass
+class IndexStats:
+    files: int
+    chunks: int
+    tokens: int
+    bytes: int  # stored bytes of the index's distinct chunks
+    seconds: float
+    tokens_per_s: float
+    skipped: dict[str, int]
+    computed: int  # chunks precomputed by this run (the others were already in the store)
+    reused: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def is_readme(path: str) -> bool:
+    return PurePosixPath(path).name.lower().startswith("readme")
+
+
+class Indexer:
+    def __init__(
+        self,
+        cfg: IndexerConfig,
+        lm: LoadedModel,
+        store: KVStore | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.lm = lm
+        mc = lm.config
+        self.shape = (mc.n_layers, mc.n_kv_heads, mc.head_dim)
+        dev, dtype = lm.model.device, lm.model.dtype
+        self.store = store or TieredStore.from_config(cfg.store, self.shape, dtype=dtype, device=dev)
+        prefix = tuple(lm.tokenizer.encode(f"{REPO_NAME}{cfg.repo_name}\n")) if cfg.shared_prefix else ()
+        self.chunker = Chunker(lm.tokenizer, lm.fingerprint, cfg.max_chunk_tokens, cfg.min_chunk_tokens, prefix)
+        self.engine = Precomputer(lm.model, prefix)
+        self.rules = IgnoreRules(cfg.root, cfg.ignores)
+        self.queue = PrecomputeQueue(self._compute, progress)
+        self.files: dict[str, list[Chunk]] = {}  # path -> its chunks in file order
+        self.commits: list[Chunk] = []
+        self.skipped: collections.Counter = collections.Counter()
+        self.open_paths: set[str] = set()
+        self.recent: collections.OrderedDict[str, None] = collections.OrderedDict()  # most recent last
+        self.computed = 0  # chunks run through the engine by this indexer
+        self._hashes: dict[str, str] = {}  # path -> text hash of the version indexed
+        self._lock = threading.RLock()
+        self._background = False
+
+    # -- computing ---------------------------------------------------------------------------
+
+    def _compute(self, chunk: Chunk) -> ChunkKV:
+        kv = self.engine(chunk.tokens)  # fp16 (the stored precision) on the model's device
+        self.store.put(chunk.key, kv)
+        self.computed += 1
+        return kv
+
+    def get_kv(self, chunk: Chunk) -> ChunkKV:
+        """The chunk's KV from the store, or computed now (a miss, or an entry that failed verification)."""
+        kv = self.store.get(chunk.key)
+        if kv is not None and len(kv) == chunk.n_tokens:
+            return kv
+        self.queue.discard({chunk.key})
+        kv = self._compute(chunk)
+        dtype = self.lm.model.dtype
+        return ChunkKV(kv.tokens, kv.k.to(dtype), kv.v.to(dtype), kv.positions)
+
+    def _priority(self, chunk: Chunk) -> Priority:
+        if chunk.path in self.open_paths:
+            return Priority.OPEN
+        if chunk.path in self.recent:
+            return Priority.RECENT
+        if chunk.kind == "commit":
+            return Priority.COMMIT
+        return Priority.README if is_readme(chunk.path) else Priority.REST
+
+    def _enqueue(self, chunks: list[Chunk], result: UpdateResult) -> None:
+        for c in chunks:
+            if self.store.contains(c.key):
+                continue
+            self.queue.submit(c, self._priority(c))
+            result.queued += 1
+
+    # -- index maintenance -------------------------------------------------------------------
+
+    def _rel(self, path: str | Path) -> str | None:
+        p = Path(path)
+        p = p if p.is_absolute() else self.cfg.root / p
+        try:
+            rel = Path(os.path.normpath(p)).relative_to(self.cfg.root)
+        except ValueError:
+            return None
+        return rel.as_posix() if str(rel) != "." else ""
+
+    def _set_file(self, sf: SourceFile, result: UpdateResult) -> None:
+        h = text_hash(sf.text)
+        old = self.files.get(sf.path, [])
+        result.files += 1
+        if self._hashes.get(sf.path) == h:
+            result.unchanged += len(old)
+            return
+        chunks = self.chunker.chunk_file(sf.path, sf.text)
+        old_keys, new_keys = {c.key for c in old}, {c.key for c in chunks}
+        result.added += len(new_keys - old_keys)
+        result.removed += len(old_keys - new_keys)
+        result.unchanged += len(new_keys & old_keys)
+        self.files[sf.path], self._hashes[sf.path] = chunks, h
+        self._enqueue([c for c in chunks if c.key not in old_keys], result)
+
+    def _drop(self, rel: str, result: UpdateResult) -> None:
+        for path in [p for p in self.files if p == rel or p.startswith(rel + "/") or not rel]:
+            result.removed += len({c.key for c in self.files.pop(path)})
+            self._hashes.pop(path, None)
+
+    def _finish(self, result: UpdateResult) -> UpdateResult:
+        if not self._background:
+            result.computed = self.queue.run_pending()
+        return result
+
+    def update(self, paths: Iterable[str | Path], recent: bool = True) -> UpdateResult:
+        """Re-index these files or directories (created, changed, deleted or moved); `recent` marks them as
+        recently edited (retrieval and precompute order)."""
+        result = UpdateResult()
+        with self._lock:
+            rels = sorted({r for r in (self._rel(p) for p in paths) if r is not None})
+            if any(IgnoreRules.is_rule_file(r) for r in rels):
+                self.rules = IgnoreRules(self.cfg.root, self.cfg.ignores)
+                rels = [""]  # what is ignored changed: look at everything again
+            for rel in rels:
+                if rel and recent:
+                    self.recent.pop(rel, None)
+                    self.recent[rel] = None
+                self._update_one(rel, result)
+        return self._finish(result)
+
+    def _update_one(self, rel: str, result: UpdateResult) -> None:
+        path = self.cfg.root / rel
+        if path.is_dir() and not path.is_symlink():
+            if rel and self.rules.is_ignored(rel, is_dir=True):
+                self._drop(rel, result)
+                return
+            walk = walk_workspace(self.cfg, self.rules, under=rel)
+            seen = {f.path for f in walk.files}
+            for p in [p for p in self.files if (not rel or p.startswith(rel + "/")) and p not in seen]:
+                self._drop(p, result)
+            for sf in walk.files:
+                self._set_file(sf, result)
+            result.skipped.update(walk.skipped)
+            return
+        got = read_source(self.cfg, self.rules, rel)
+        if isinstance(got, str):
+            self._drop(rel, result)
+            if got != "missing":
+                result.skipped[got] += 1
+            return
+        self._set_file(got, result)
+
+    def refresh_commits(self) -> UpdateResult:
+        """Re-read the last K commits (after a commit, checkout or pull)."""
+        result = UpdateResult()
+        texts = commit_texts(self.cfg.root, self.cfg.n_commits, self.cfg.commit_diff_lines, self.rules.is_ignored)
+        with self._lock:
+            chunks = commit_chunks(self.chunker, texts)
+            old = {c.key for c in self.commits}
+            self.commits = chunks
+            new = {c.key for c in chunks}
+            result.added, result.removed, result.unchanged = len(new - old), len(old - new), len(new & old)
+            self._enqueue([c for c in chunks if c.key not in old], result)
+        return self._finish(result)
+
+    def index(self) -> IndexStats:
+        """Walk the whole workspace and the git history; compute every chunk missing from the store."""
+        t0, computed0 = time.perf_counter(), self.computed
+        with self._lock:
+            result = UpdateResult()
+            self._update_one("", result)
+            self.skipped = result.skipped
+        self._finish(result)
+        self.refresh_commits()
+        if self._background:
+            self.queue.wait()
+        seconds = time.perf_counter() - t0
+        chunks = self.chunks()
+        tokens = sum(c.n_tokens for c in chunks)
+        computed = self.computed - computed0
+        return IndexStats(
+            files=len(self.files),
+            chunks=len(chunks),
+            tokens=tokens,
+            bytes=self.stored_bytes(),
+            seconds=round(seconds, 4),
+            tokens_per_s=round(tokens / seconds, 1) if seconds > 0 else 0.0,
+            skipped=dict(sorted(self.skipped.items())),
+            computed=computed,
+            reused=len({c.key for c in chunks}) - computed,
+        )
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def chunks(self) -> list[Chunk]:
+        """Every indexed chunk: files in path order (chunks in file order), then commits newest first."""
+        with self._lock:
+            return [c for p in sorted(self.files) for c in self.files[p]] + list(self.commits)
+
+    def stored_bytes(self) -> int:
+        """Bytes of the distinct chunks' entries (disk file sizes where the disk tier has them, else k + v)."""
+        disk = self.store.tier("disk") if isinstance(self.store, TieredStore) else None
+        total, seen = 0, set()
+        for c in self.chunks():
+            if c.key in seen:
+                continue
+            seen.add(c.key)
+            size = disk.size_of(c.key) if disk is not None else 0
+            total += size or serde.entry_nbytes(c.n_tokens, *self.shape)
+        return total
+
+    def set_open(self, paths: Iterable[str | Path]) -> None:
+        """The files open in the editor: their chunks are computed first and retrieved first."""
+        with self._lock:
+            self.open_paths = {r for r in (self._rel(p) for p in paths) if r}
+        self.queue.reprioritize(self.open_paths, Priority.OPEN)
+
+    # -- background mode ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Compute in a background thread from now on (`update` returns before its chunks are computed)."""
+        self._background = True
+        self.queue.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.queue.wait(timeout) if self._background else True
+
+    def close(self) -> None:
+        self.queue.stop()
+        self._background = False
+        self.store.close()

@@ -1,0 +1,145 @@
+"""The byte format of one stored chunk (disk files and Redis values).
+
+    b"KVB2" | u32 header_len | u64 sum | u64 xor | msgpack header | zero pad to 16 |
+    tokens (uint16, or int32 when the vocabulary needs it) | pad to 2 | k fp16 | v fp16 | zero pad to 8
+
+header: {"key": "<fingerprint>@<token hash>", "n": n_tokens, "shape": [n_layers, n_kv_heads, head_dim],
+"tok": "u2" | "i4", "pos0": first position (positions contiguous) or "pos": [positions], "len": payload bytes}.
+k, v: [n_layers, n_kv_heads, n_tokens, head_dim], so the payload is 2 x layers x kv_heads x n x head_dim x 2
+bytes plus 2 (or 4) bytes per token for the ids.
+
+Check: everything after the fixed 24 bytes, read as little-endian u64 words, by its wrapping sum and its xor.
+Any single flipped bit changes both, truncation changes the length, and it runs at memory speed (crc32 here
+is ~2 GB/s, slower than reading the file); it guards against torn writes and bit rot, not against forgery.
+Any failure raises CorruptEntry.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+
+import msgpack
+import numpy as np
+import torch
+
+from blend.cacheblend import ChunkKV
+from indexer.keys import ChunkKey
+
+# Entries decoded from `bytes` are read-only buffers; nothing writes into stored KV (consumers copy it into
+# their caches), so torch's warning about it is noise.
+warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
+
+MAGIC = b"KVB2"
+_FIXED = struct.Struct("<4sIQQ")  # magic, header_len, sum64, xor64
+_ALIGN = 16
+
+
+class CorruptEntry(ValueError):
+    """A stored entry failed verification (truncated, bit-flipped, another key or another shape)."""
+
+
+def _pad(n: int, align: int) -> int:
+    return -n % align
+
+
+def _check(words: np.ndarray) -> tuple[int, int]:
+    # words: [n] little-endian uint64 (numpy wraps the sum modulo 2**64)
+    return int(words.sum(dtype=np.uint64)), int(np.bitwise_xor.reduce(words)) if words.size else 0
+
+
+def encode(key: ChunkKey, kv: ChunkKV) -> bytearray:
+    """The entry's bytes. Raises ValueError when k or v overflow fp16 (such KV is never stored rounded)."""
+    n = len(kv)
+    L, H, n_k, D = kv.k.shape  # k: [n_layers, n_kv_heads, n_tokens, head_dim]
+    assert n_k == n and kv.v.shape == kv.k.shape and kv.positions.shape == (n,), (kv.k.shape, kv.v.shape, n)
+    k16, v16 = kv.k.detach().to("cpu", torch.float16), kv.v.detach().to("cpu", torch.float16)
+    cast = kv.k.dtype != torch.float16 or kv.v.dtype != torch.float16  # fp16 in: nothing can overflow
+    if cast and not (bool(torch.isfinite(k16).all()) and bool(torch.isfinite(v16).all())):
+        raise ValueError(f"KV of {key.to_str()} is not finite in fp16 (overflow): not stored")
+    ids = kv.tokens.detach().cpu().numpy()
+    tok = "u2" if n == 0 or (ids.min() >= 0 and ids.max() < 1 << 16) else "i4"
+    ids = np.ascontiguousarray(ids, dtype="<u2" if tok == "u2" else "<i4")
+    pos = kv.positions.detach().cpu()
+    p0 = int(pos[0]) if n else 0
+    head: dict = {"key": key.to_str(), "n": n, "shape": [L, H, D], "tok": tok}
+    head.update({"pos0": p0} if torch.equal(pos, torch.arange(p0, p0 + n)) else {"pos": pos.tolist()})
+    tok_bytes = ids.nbytes + _pad(ids.nbytes, 2)
+    kv_bytes = k16.numel() * 2
+    head["len"] = tok_bytes + 2 * kv_bytes + _pad(tok_bytes + 2 * kv_bytes, 8)
+    hb = msgpack.packb(head)
+    start = _FIXED.size + len(hb) + _pad(_FIXED.size + len(hb), _ALIGN)
+    out = bytearray(start + head["len"])
+    mv = memoryview(out)
+    mv[_FIXED.size : _FIXED.size + len(hb)] = hb
+    mv[start : start + ids.nbytes] = ids.tobytes()
+    off = start + tok_bytes
+    mv[off : off + kv_bytes] = k16.contiguous().view(torch.uint8).reshape(-1).numpy()
+    mv[off + kv_bytes : off + 2 * kv_bytes] = v16.contiguous().view(torch.uint8).reshape(-1).numpy()
+    s, x = _check(np.frombuffer(out, dtype="<u8", offset=_FIXED.size))
+    _FIXED.pack_into(out, 0, MAGIC, len(hb), s, x)
+    return out
+
+
+def decode(buf, key: ChunkKey | None = None, shape: tuple[int, int, int] | None = None) -> ChunkKV:
+    """Parse and verify an entry. k, v are fp16 views of `buf` (zero copy: bytes, bytearray or an mmap);
+    tokens and positions are new long tensors. `shape`: the (layers, kv heads, head_dim) the model has."""
+    mv = memoryview(buf)
+    if len(mv) < _FIXED.size or (len(mv) - _FIXED.size) % 8:
+        raise CorruptEntry(f"entry of {len(mv)} bytes is truncated")
+    magic, hlen, s, x = _FIXED.unpack_from(mv)
+    if magic != MAGIC:
+        raise CorruptEntry(f"bad magic {magic!r}")
+    start = _FIXED.size + hlen + _pad(_FIXED.size + hlen, _ALIGN)
+    if start > len(mv):
+        raise CorruptEntry(f"header of {hlen} bytes in an entry of {len(mv)}")
+    if _check(np.frombuffer(mv, dtype="<u8", offset=_FIXED.size)) != (s, x):
+        raise CorruptEntry("checksum mismatch")
+    try:
+        head = msgpack.unpackb(mv[_FIXED.size : _FIXED.size + hlen])
+        n, (L, H, D), tok, length = head["n"], head["shape"], head["tok"], head["len"]
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
+        raise CorruptEntry(f"unreadable header: {e}") from None
+    if len(mv) != start + length:
+        raise CorruptEntry(f"entry holds {len(mv) - start} payload bytes, its header says {length}")
+    if key is not None and head["key"] != key.to_str():
+        raise CorruptEntry(f"entry is for {head['key']}, not {key.to_str()}")
+    if shape is not None and (L, H, D) != tuple(shape):
+        raise CorruptEntry(f"entry has shape {(L, H, D)}, the model {tuple(shape)}")
+    itemsize = 2 if tok == "u2" else 4
+    tok_bytes = n * itemsize + _pad(n * itemsize, 2)
+    kv_elems = L * H * n * D
+    if length != tok_bytes + 4 * kv_elems + _pad(tok_bytes + 4 * kv_elems, 8):
+        raise CorruptEntry(f"payload of {length} bytes does not fit shape {(L, H, n, D)}")
+    ids = np.frombuffer(mv, dtype="<u2" if tok == "u2" else "<i4", count=n, offset=start)
+    tokens = torch.from_numpy(ids.astype(np.int64))
+    if n == 0:
+        k = v = torch.zeros(0, dtype=torch.float16)
+    else:
+        k = torch.frombuffer(mv, dtype=torch.float16, count=kv_elems, offset=start + tok_bytes)
+        v = torch.frombuffer(mv, dtype=torch.float16, count=kv_elems, offset=start + tok_bytes + 2 * kv_elems)
+    if "pos" in head:
+        positions = torch.tensor(head["pos"], dtype=torch.long)
+    else:
+        positions = torch.arange(head["pos0"], head["pos0"] + n)
+    return ChunkKV(tokens, k.view(L, H, n, D), v.view(L, H, n, D), positions)
+
+
+def declared_size(prefix) -> int:
+    """The total entry size its header declares, from the entry's first bytes (4 KiB hold any header)."""
+    mv = memoryview(prefix)
+    if len(mv) < _FIXED.size:
+        raise CorruptEntry("entry shorter than its fixed header")
+    magic, hlen, _, _ = _FIXED.unpack_from(mv)
+    if magic != MAGIC or _FIXED.size + hlen > len(mv):
+        raise CorruptEntry("bad magic or header length")
+    try:
+        length = int(msgpack.unpackb(mv[_FIXED.size : _FIXED.size + hlen])["len"])
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
+        raise CorruptEntry(f"unreadable header: {e}") from None
+    return _FIXED.size + hlen + _pad(_FIXED.size + hlen, _ALIGN) + length
+
+
+def entry_nbytes(n_tokens: int, n_layers: int, n_kv_heads: int, head_dim: int) -> int:
+    """The k + v payload alone: 2 x layers x kv_heads x n x head_dim x 2 bytes (the bytes-per-token target)."""
+    return 4 * n_layers * n_kv_heads * n_tokens * head_dim

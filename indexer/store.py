@@ -1,0 +1,137 @@
+"""The KV store: a small ABC, one class per tier, a factory, and the tiered store the indexer uses.
+
+Contract of a tier (`KVStore`):
+- `get(key)` returns the ChunkKV stored under `key`, or None on a miss. An entry that fails verification
+  (truncated, bit-flipped, another key or shape) is deleted and reported as a miss: it is never served.
+- `put(key, kv)` stores it (idempotent) and may evict other entries to stay within the tier's byte budget.
+- `contains(key)` is a cheap check (presence, size); a later `get` may still find the entry corrupt.
+- Tiers are thread-safe; a tier that cannot reach its backend logs and behaves as a miss.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+
+import torch
+
+from blend.cacheblend import ChunkKV
+from indexer.config import StoreConfig
+from indexer.keys import ChunkKey
+
+log = logging.getLogger(__name__)
+
+
+class KVStore(abc.ABC):
+    name: str = "?"
+
+    @abc.abstractmethod
+    def get(self, key: ChunkKey) -> ChunkKV | None: ...
+
+    @abc.abstractmethod
+    def put(self, key: ChunkKey, kv: ChunkKV) -> None: ...
+
+    @abc.abstractmethod
+    def contains(self, key: ChunkKey) -> bool: ...
+
+    @abc.abstractmethod
+    def delete(self, key: ChunkKey) -> None: ...
+
+    @abc.abstractmethod
+    def nbytes(self) -> int:
+        """Bytes this tier holds (-1 when the backend does not say)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+def kv_nbytes(kv: ChunkKV) -> int:
+    return sum(t.numel() * t.element_size() for t in (kv.tokens, kv.k, kv.v, kv.positions))
+
+
+def make_store(name: str, cfg: StoreConfig, shape: tuple[int, int, int] | None = None) -> KVStore:
+    """One tier by name: memory | disk | redis. `shape`: (layers, kv heads, head_dim) entries must have."""
+    if name == "memory":
+        from indexer.store_memory import MemoryStore
+
+        return MemoryStore(cfg.memory_bytes)
+    if name == "disk":
+        from indexer.store_disk import DiskStore
+
+        assert cfg.disk_dir is not None, "StoreConfig.disk_dir is filled in by IndexerConfig"
+        return DiskStore(
+            cfg.disk_dir,
+            cfg.disk_bytes,
+            shape=shape,
+            use_mmap=cfg.mmap,
+            fsync=cfg.fsync,
+            mmap_min_bytes=cfg.mmap_min_bytes,
+        )
+    if name == "redis":
+        from indexer.store_redis import RedisStore
+
+        return RedisStore.from_url(cfg.redis_url or "", cfg.redis_prefix, cfg.redis_ttl_s, shape=shape)
+    raise ValueError(f"unknown store tier {name!r}: choose from memory, disk, redis")
+
+
+class TieredStore(KVStore):
+    """Reads tiers fastest first and copies a hit into the faster tiers; writes through to every tier.
+
+    Entries come back on `device` in `dtype` (the model's); every tier keeps them in fp16 (memory included,
+    which holds twice the chunks of an fp32 cache that way).
+    """
+
+    name = "tiered"
+
+    def __init__(self, tiers: list[KVStore], dtype: torch.dtype | None = None, device=None) -> None:
+        if not tiers:
+            raise ValueError("a tiered store needs at least one tier")
+        self.tiers = tiers
+        self.dtype, self.device = dtype, device
+        self.hits = {t.name: 0 for t in tiers}
+        self.misses = 0
+
+    @classmethod
+    def from_config(cls, cfg: StoreConfig, shape=None, dtype=None, device=None) -> TieredStore:
+        return cls([make_store(name, cfg, shape) for name in cfg.tiers], dtype, device)
+
+    def tier(self, name: str) -> KVStore | None:
+        return next((t for t in self.tiers if t.name == name), None)
+
+    def _out(self, kv: ChunkKV) -> ChunkKV:
+        if self.dtype is None and self.device is None:
+            return kv
+        k = kv.k.to(device=self.device, dtype=self.dtype or kv.k.dtype)
+        v = kv.v.to(device=self.device, dtype=self.dtype or kv.v.dtype)
+        return ChunkKV(kv.tokens.to(self.device or kv.tokens.device), k, v, kv.positions.to(k.device))
+
+    def get(self, key: ChunkKey) -> ChunkKV | None:
+        for i, t in enumerate(self.tiers):
+            kv = t.get(key)
+            if kv is None:
+                continue
+            self.hits[t.name] += 1
+            out = self._out(kv)
+            for upper in self.tiers[:i]:
+                upper.put(key, kv)
+            return out
+        self.misses += 1
+        return None
+
+    def put(self, key: ChunkKey, kv: ChunkKV) -> None:
+        for t in self.tiers:
+            t.put(key, kv)
+
+    def contains(self, key: ChunkKey) -> bool:
+        return any(t.contains(key) for t in self.tiers)
+
+    def delete(self, key: ChunkKey) -> None:
+        for t in self.tiers:
+            t.delete(key)
+
+    def nbytes(self) -> int:
+        return sum(max(t.nbytes(), 0) for t in self.tiers)
+
+    def close(self) -> None:
+        for t in self.tiers:
+            t.close()

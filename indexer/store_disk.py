@@ -1,0 +1,187 @@
+"""The disk tier: one file per chunk, written atomically, verified on load, read through a memory map.
+
+Layout: <dir>/<fingerprint>/<2 hex>/<token hash>.kv in the format of `indexer.serde`. A write goes to a
+temporary file in the same directory and is renamed over the final name, so a process killed mid-write
+leaves a stray `*.tmp` (cleaned up later) and never a half-written entry; an entry damaged anyway
+(truncated, bit-flipped: the checksum covers every byte after it) is deleted on load and reported as a miss.
+Entries of 1 MiB or more are memory-mapped (k, v are views of the map); smaller ones are read, which is
+faster at that size.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import mmap
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from blend.cacheblend import ChunkKV
+from indexer import serde
+from indexer.keys import ChunkKey
+from indexer.store import KVStore
+
+log = logging.getLogger(__name__)
+
+_STALE_TMP_S = 60.0  # a temporary file this old belongs to a writer that died
+
+
+class DiskStore(KVStore):
+    name = "disk"
+
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int,
+        shape: tuple[int, int, int] | None = None,
+        use_mmap: bool = True,
+        fsync: bool = False,
+        mmap_min_bytes: int = 1 << 20,
+    ) -> None:
+        self.dir = Path(directory)
+        self._root = str(self.dir)
+        self.max_bytes = max_bytes
+        self.shape = shape
+        self.use_mmap = use_mmap
+        self.mmap_min_bytes = mmap_min_bytes
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        self._sizes: collections.OrderedDict[str, int] = collections.OrderedDict()  # relpath -> bytes, LRU first
+        self._bytes = 0
+        self.dropped = 0  # corrupt entries deleted
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._scan()
+
+    def _scan(self) -> None:
+        found, now = [], time.time()
+        for dirpath, _, names in os.walk(self.dir):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                if name.endswith(".kv"):
+                    found.append((st.st_mtime, os.path.relpath(path, self.dir), st.st_size))
+                elif name.endswith(".tmp") and now - st.st_mtime > _STALE_TMP_S:
+                    _unlink(path)
+        for _, rel, size in sorted(found):
+            self._sizes[rel] = size
+            self._bytes += size
+        self._evict()
+
+    def _path(self, key: ChunkKey) -> Path:
+        return self.dir / key.relpath()
+
+    def get(self, key: ChunkKey) -> ChunkKV | None:
+        rel = key.relpath()
+        try:
+            with open(os.path.join(self._root, rel), "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size == 0:
+                    raise serde.CorruptEntry("empty file")
+                if self.use_mmap and size >= self.mmap_min_bytes:
+                    buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private pages: writable views
+                else:
+                    buf = f.read()  # below ~1 MiB mapping costs more than copying (page faults, setup)
+            kv = serde.decode(buf, key, self.shape)
+        except FileNotFoundError:
+            return None
+        except serde.CorruptEntry as e:
+            log.warning("dropping corrupt disk entry %s: %s", key.to_str(), e)
+            self.dropped += 1
+            self.delete(key)
+            return None
+        except OSError as e:
+            log.warning("cannot read disk entry %s: %s", key.to_str(), e.strerror)
+            return None
+        with self._lock:
+            if rel not in self._sizes:
+                self._bytes += size
+            self._sizes[rel] = size
+            self._sizes.move_to_end(rel)
+        return kv
+
+    def put(self, key: ChunkKey, kv: ChunkKV) -> None:
+        rel, path = key.relpath(), self._path(key)
+        with self._lock:
+            if rel in self._sizes and path.exists():
+                self._sizes.move_to_end(rel)
+                return
+        try:
+            data = serde.encode(key, kv)
+        except ValueError as e:
+            log.warning("%s", e)
+            return
+        size = len(data)
+        if size > self.max_bytes:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{key.token_hash}.", suffix=".tmp", dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    if self.fsync:
+                        f.flush()
+                        os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                _unlink(tmp)
+                raise
+        except OSError as e:
+            log.warning("cannot write disk entry %s: %s", key.to_str(), e.strerror)
+            return
+        with self._lock:
+            self._bytes += size - self._sizes.pop(rel, 0)
+            self._sizes[rel] = size
+            self._evict()
+
+    def _evict(self) -> None:
+        while self._bytes > self.max_bytes and self._sizes:
+            rel, size = self._sizes.popitem(last=False)
+            self._bytes -= size
+            _unlink(self.dir / rel)
+
+    def contains(self, key: ChunkKey) -> bool:
+        """Present and as long as its header says (catches truncation; bit flips are caught by `get`)."""
+        try:
+            with open(self._path(key), "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                ok = serde.declared_size(f.read(4096)) == size
+        except FileNotFoundError:
+            return False
+        except (OSError, serde.CorruptEntry):
+            ok = False
+        if not ok:
+            log.warning("dropping truncated disk entry %s", key.to_str())
+            self.dropped += 1
+            self.delete(key)
+        return ok
+
+    def delete(self, key: ChunkKey) -> None:
+        rel = key.relpath()
+        with self._lock:
+            self._bytes -= self._sizes.pop(rel, 0)
+        _unlink(self.dir / rel)
+
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def size_of(self, key: ChunkKey) -> int:
+        return self._sizes.get(key.relpath(), 0)
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+
+def _unlink(path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.warning("cannot delete %s: %s", path, e.strerror)

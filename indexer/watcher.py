@@ -1,0 +1,98 @@
+"""A thin watchdog observer: collect changed paths, wait `debounce_s` after the last event, call
+`Indexer.update(paths)` (or `refresh_commits` when HEAD or a ref moved). All the logic lives in the indexer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from indexer.indexer import Indexer
+
+log = logging.getLogger(__name__)
+
+
+class Watcher(FileSystemEventHandler):
+    def __init__(self, indexer: Indexer, debounce_s: float | None = None) -> None:
+        self.indexer = indexer
+        self.root = str(indexer.cfg.root)
+        self.debounce_s = indexer.cfg.debounce_s if debounce_s is None else debounce_s
+        self._pending: set[str] = set()
+        self._commits = False
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._observer = None
+        self.flushes = 0  # debounced updates run (tests and stats)
+
+    # -- watchdog callbacks (observer thread) -------------------------------------------------
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed", "closed_no_write"):
+            return
+        paths = [event.src_path, getattr(event, "dest_path", "") or ""]
+        for p in paths:
+            p = os.fsdecode(p)
+            if not p:
+                continue
+            rel = os.path.relpath(p, self.root).replace(os.sep, "/")
+            if rel.startswith(".git/"):
+                if rel == ".git/HEAD" or rel.startswith(".git/refs/") or rel == ".git/packed-refs":
+                    self._schedule(commits=True)
+                continue
+            if rel.startswith("..") or rel.startswith(".kvblend/cache"):
+                continue
+            self._schedule(path=p)
+
+    def _schedule(self, path: str | None = None, commits: bool = False) -> None:
+        with self._lock:
+            if path is not None:
+                self._pending.add(path)
+            self._commits |= commits
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(self.debounce_s, self.flush)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def flush(self) -> None:
+        """Run the update for everything collected so far (the debounce timer calls this)."""
+        with self._lock:
+            paths, self._pending = sorted(self._pending), set()
+            commits, self._commits = self._commits, False
+            self._timer = None
+        try:
+            if paths:
+                result = self.indexer.update(paths)
+                log.info("updated %d paths: %d chunks queued", len(paths), result.queued)
+            if commits:
+                self.indexer.refresh_commits()
+        except Exception:  # a failed update must not kill the observer; the next event retries
+            log.exception("index update failed")
+        self.flushes += 1
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> Watcher:
+        self._observer = Observer()
+        self._observer.schedule(self, self.root, recursive=True)
+        self._observer.start()
+        return self
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join()
+            self._observer = None
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def __enter__(self) -> Watcher:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,129 @@
+"""Benchmark of the indexer: indexing throughput against raw engine prefill of the same chunks, and disk-tier
+load bandwidth against a plain read of the same files."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from blend.cacheblend import precompute_chunk
+from blend.loader import load_model
+from indexer import Indexer, IndexerConfig
+from indexer.store_disk import DiskStore
+
+
+def bench_index(model_dir: Path | None, repo: Path, device: str | None = None, repeats: int = 3) -> dict:
+    """Index `repo` `repeats` times into fresh caches and prefill its distinct chunks as many times, interleaved
+    (best of each). Then load every disk entry (mmap + crc32 verification, fp16 views; and cast to the model
+    dtype) against `open().read()` of the same files, page cache warm for both."""
+    lm = load_model(model_dir, device=device)
+    tmp = Path(tempfile.mkdtemp(prefix="kvblend-bench-index-"))
+    try:
+        cfg = IndexerConfig(repo, cache_dir=tmp / "warm")
+        warm = Indexer(cfg, lm)
+        warm.index()  # warm-up, and the chunk list
+        chunks = list({c.key: c for c in warm.chunks()}.values())
+        tokens = [torch.tensor(c.tokens, device=lm.model.device) for c in chunks]
+        n_tokens = sum(c.n_tokens for c in chunks)
+
+        @torch.inference_mode()
+        def prefill() -> float:
+            t0 = time.perf_counter()
+            for t in tokens:
+                precompute_chunk(lm.model, t, offset=0)
+            _sync(lm.model.device)
+            return time.perf_counter() - t0
+
+        def index(i: int) -> float:
+            run_cfg = dataclasses.replace(
+                cfg, cache_dir=tmp / f"run{i}", store=dataclasses.replace(cfg.store, disk_dir=None)
+            )
+            t0 = time.perf_counter()
+            Indexer(run_cfg, lm).index()
+            _sync(lm.model.device)
+            return time.perf_counter() - t0
+
+        prefill_s, index_s = [], []
+        for i in range(repeats):
+            prefill_s.append(prefill())
+            index_s.append(index(i))
+
+        disk = DiskStore(cfg.store.disk_dir, cfg.store.disk_bytes, shape=warm.shape)
+        files = [disk.dir / c.key.relpath() for c in chunks]
+        n_bytes = sum(f.stat().st_size for f in files)
+
+        def plain() -> float:
+            t0 = time.perf_counter()
+            for f in files:
+                with open(f, "rb") as fh:
+                    fh.read()
+            return time.perf_counter() - t0
+
+        def load(cast: bool) -> float:
+            t0 = time.perf_counter()
+            for c in chunks:
+                kv = disk.get(c.key)
+                assert kv is not None, c.key
+                if cast:
+                    kv.k.to(lm.model.device, lm.model.dtype), kv.v.to(lm.model.device, lm.model.dtype)
+            _sync(lm.model.device)
+            return time.perf_counter() - t0
+
+        def evict() -> None:  # drop just these files from the page cache (a cold read, as after a restart)
+            for f in files:
+                fd = os.open(f, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+
+        plain(), load(False)  # page cache warm for both
+        plain_s, load_s, cast_s, cold_plain_s, cold_load_s = [], [], [], [], []
+        for _ in range(max(repeats, 5)):
+            plain_s.append(plain())
+            load_s.append(load(False))
+            cast_s.append(load(True))
+        for _ in range(repeats):
+            evict()
+            cold_plain_s.append(plain())
+            evict()
+            cold_load_s.append(load(False))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    mc = lm.config
+    expected = 2 * mc.n_layers * mc.n_kv_heads * mc.head_dim * 2
+    best_prefill, best_index = min(prefill_s), min(index_s)
+    return {
+        "model": str(lm.path),
+        "device": str(lm.model.device),
+        "dtype": str(lm.model.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "repo": str(repo),
+        "files": len(warm.files),
+        "chunks": len(chunks),
+        "tokens": n_tokens,
+        "index_tok_s": round(n_tokens / best_index, 1),
+        "prefill_tok_s": round(n_tokens / best_prefill, 1),
+        "index_overhead": round(best_index / best_prefill - 1, 4),  # target <= 0.15
+        "disk_load_gb_s": round(n_bytes / min(load_s) / 1e9, 3),
+        "plain_read_gb_s": round(n_bytes / min(plain_s) / 1e9, 3),
+        "disk_load_vs_read": round(min(plain_s) / min(load_s), 3),  # target >= 0.8
+        "disk_load_model_dtype_gb_s": round(n_bytes / min(cast_s) / 1e9, 3),
+        "cold_disk_load_gb_s": round(n_bytes / min(cold_load_s) / 1e9, 3),  # files evicted from the page cache
+        "cold_plain_read_gb_s": round(n_bytes / min(cold_plain_s) / 1e9, 3),
+        "cold_disk_load_vs_read": round(min(cold_plain_s) / min(cold_load_s), 3),
+        "bytes_per_token": round(n_bytes / n_tokens, 2),
+        "kv_bytes_per_token": expected,  # 2 x layers x kv_heads x head_dim x 2 bytes
+        "bytes_per_token_ratio": round(n_bytes / n_tokens / expected, 4),  # target within 1% of 1
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()

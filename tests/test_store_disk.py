@@ -1,0 +1,150 @@
+"""The disk tier and the entry format: round trips, damage of every kind is detected, atomic writes, budgets."""
+
+import os
+
+import pytest
+import torch
+
+from blend.cacheblend import ChunkKV
+from indexer import serde
+from indexer.keys import ChunkKey, chunk_key
+from indexer.store_disk import DiskStore
+
+torch.set_num_threads(1)
+
+SHAPE = (3, 2, 16)  # n_layers, n_kv_heads, head_dim
+
+
+def _kv(n, seed=0, vocab=320, dtype=torch.float32, positions=None, shape=SHAPE):
+    g = torch.Generator().manual_seed(seed)
+    L, H, D = shape
+    k = torch.randn(L, H, n, D, generator=g).to(dtype)
+    v = torch.randn(L, H, n, D, generator=g).to(dtype)
+    tokens = torch.randint(0, vocab, (n,), generator=g)
+    return ChunkKV(tokens, k, v, torch.arange(n) if positions is None else positions)
+
+
+def _key(kv, fp="ab" * 16):
+    return chunk_key(fp, kv.tokens.tolist())
+
+
+@pytest.mark.parametrize("n", [1, 7, 64, 333])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_entry_round_trip_is_fp16_exact(n, dtype):
+    kv = _kv(n, seed=n, dtype=dtype)
+    data = serde.encode(_key(kv), kv)
+    out = serde.decode(bytes(data), _key(kv), SHAPE)
+    assert out.k.dtype == torch.float16 and out.k.shape == (3, 2, n, 16)
+    assert torch.equal(out.k, kv.k.half()) and torch.equal(out.v, kv.v.half())
+    assert torch.equal(out.tokens, kv.tokens) and torch.equal(out.positions, kv.positions)
+
+
+def test_positions_tokens_and_empty_entries():
+    kv = _kv(5, positions=torch.tensor([3, 9, 10, 11, 40]), vocab=200_000)  # int32 ids, scattered positions
+    out = serde.decode(serde.encode(_key(kv), kv), _key(kv))
+    assert torch.equal(out.tokens, kv.tokens) and out.positions.tolist() == [3, 9, 10, 11, 40]
+    shifted = _kv(4, positions=torch.arange(10, 14))
+    assert serde.decode(serde.encode(_key(shifted), shifted)).positions.tolist() == [10, 11, 12, 13]
+    empty = _kv(0)
+    assert len(serde.decode(serde.encode(_key(empty), empty))) == 0
+
+
+def test_fp16_overflow_is_refused_not_stored_as_inf():
+    kv = _kv(4)
+    kv.k[0, 0, 0, 0] = 1e6
+    with pytest.raises(ValueError, match="not finite in fp16"):
+        serde.encode(_key(kv), kv)
+
+
+def test_bytes_per_token_is_kv_plus_a_small_header():
+    for n in (128, 512):
+        kv = _kv(n)
+        size = len(serde.encode(_key(kv), kv))
+        kv_bytes = 2 * 3 * 2 * 16 * 2 * n  # 2 x layers x kv_heads x head_dim x 2 bytes per token
+        assert kv_bytes == serde.entry_nbytes(n, *SHAPE)
+        assert 1.0 < size / kv_bytes < 1.01, size / kv_bytes  # ids (2 B/token) + ~120 B of header
+
+
+def test_every_truncation_and_bit_flip_is_detected():
+    kv = _kv(40)
+    key = _key(kv)
+    data = bytes(serde.encode(key, kv))
+    for cut in list(range(0, 200, 7)) + list(range(200, len(data), 997)) + [len(data) - 1]:
+        with pytest.raises(serde.CorruptEntry):
+            serde.decode(data[:cut], key)
+    g = torch.Generator().manual_seed(1)
+    offsets = list(range(0, 64)) + torch.randint(64, len(data), (200,), generator=g).tolist()
+    for off in offsets:
+        for bit in (0, 5):
+            bad = bytearray(data)
+            bad[off] ^= 1 << bit
+            with pytest.raises(serde.CorruptEntry):
+                serde.decode(bad, key)
+    with pytest.raises(serde.CorruptEntry, match="is for"):
+        serde.decode(data, ChunkKey("cd" * 16, key.token_hash))
+    with pytest.raises(serde.CorruptEntry, match="shape"):
+        serde.decode(data, key, (3, 2, 32))
+
+
+@pytest.mark.parametrize("use_mmap", [True, False])
+def test_disk_store_round_trip_and_damage(tmp_path, use_mmap):
+    store = DiskStore(tmp_path, 1 << 30, shape=SHAPE, use_mmap=use_mmap, mmap_min_bytes=0)
+    kvs = [_kv(50 + i, seed=i) for i in range(3)]
+    for kv in kvs:
+        store.put(_key(kv), kv)
+    assert len(store) == 3 and store.nbytes() == sum(f.stat().st_size for f in tmp_path.rglob("*.kv"))
+    for kv in kvs:
+        out = store.get(_key(kv))
+        assert torch.equal(out.k, kv.k.half()) and torch.equal(out.v, kv.v.half())
+    path = tmp_path / _key(kvs[0]).relpath()
+    data = path.read_bytes()
+    path.write_bytes(data[:-100])  # truncated
+    assert not store.contains(_key(kvs[0])) and not path.exists()
+    path2 = tmp_path / _key(kvs[1]).relpath()
+    flipped = bytearray(path2.read_bytes())
+    flipped[len(flipped) // 2] ^= 4
+    path2.write_bytes(bytes(flipped))
+    assert store.contains(_key(kvs[1]))  # the cheap check sees a whole file ...
+    assert store.get(_key(kvs[1])) is None and not path2.exists()  # ... the load sees the flip
+    assert store.dropped == 2 and len(store) == 1
+    assert store.get(_key(_kv(3, seed=99))) is None  # plain miss
+
+
+def test_a_write_killed_midway_leaves_no_entry(tmp_path, monkeypatch):
+    store = DiskStore(tmp_path, 1 << 30)
+    kv = _kv(20)
+
+    def die(*a, **k):
+        raise KeyboardInterrupt  # the process dies between write and rename
+
+    monkeypatch.setattr(os, "replace", die)
+    with pytest.raises(KeyboardInterrupt):
+        store.put(_key(kv), kv)
+    monkeypatch.undo()
+    assert not list(tmp_path.rglob("*.kv")) and not list(tmp_path.rglob("*.tmp"))
+    assert store.get(_key(kv)) is None
+    store.put(_key(kv), kv)
+    assert store.get(_key(kv)) is not None
+
+
+def test_byte_budget_evicts_least_recently_used(tmp_path):
+    kvs = [_kv(64, seed=i) for i in range(4)]
+    size = len(serde.encode(_key(kvs[0]), kvs[0]))
+    store = DiskStore(tmp_path, 3 * size)
+    for kv in kvs[:3]:
+        store.put(_key(kv), kv)
+    store.get(_key(kvs[0]))  # now the most recent
+    store.put(_key(kvs[3]), kvs[3])
+    assert store.nbytes() <= 3 * size and len(store) == 3
+    assert store.get(_key(kvs[1])) is None and store.get(_key(kvs[0])) is not None
+    reopened = DiskStore(tmp_path, 3 * size)  # the index of sizes is rebuilt from the directory
+    assert len(reopened) == 3 and reopened.nbytes() == store.nbytes()
+
+
+def test_mmap_entries_are_views_of_the_file(tmp_path):
+    store = DiskStore(tmp_path, 1 << 30, mmap_min_bytes=0)
+    kv = _kv(30)
+    store.put(_key(kv), kv)
+    out = store.get(_key(kv))
+    # zero copy: v sits right after k in the one mapped buffer
+    assert out.v.data_ptr() == out.k.data_ptr() + out.k.numel() * 2
