@@ -57,28 +57,32 @@ def induction_ratio(model: Transformer, vocab_size: int, n: int = 32, span: int 
 
 @dataclasses.dataclass
 class CopyCase:
-    with_def: list[int]  # prompt ids, file A then file B, ending in the name's first word
+    with_def: list[int]  # prompt ids: file A, then file B ending in the name's first token
     without_def: list[int]  # the same without file A
-    target: str  # the rest of the name
+    target: list[int]  # the name's remaining tokens
 
 
 def copy_cases(tok: Tokenizer, repos: list[Repo], words: list[str], n: int, seed: int = 1234) -> list[CopyCase]:
+    """Cases whose prompt ends after the first token of the name, tokenized exactly as in its definition
+    (" name" is one pre-token in both `def name(` and `= name`), so copying is possible token by token."""
     rng = random.Random(seed)
     cases = []
     files = [(p, t) for r in repos for p, t in r.files if len(t) > 2000]
     while len(cases) < n:
-        names = list({made_up_name(rng, words) for _ in range(3)})
+        names = list(dict.fromkeys(made_up_name(rng, words) for _ in range(3)))
         name = rng.choice(names)
-        first, rest = name.split("_", 1)
+        name_ids = tok.encode(" " + name)
+        if len(name_ids) < 2:
+            continue
         path, text = rng.choice(files)
         start = text.find("\n", rng.randrange(0, len(text) - 1800)) + 1
         filler_ids = tok.encode(text[start:])[: rng.randint(300, 400)]
         filler = tok.decode(filler_ids, skip_special=False)
         filler = filler[: filler.rfind("\n") + 1]
-        file_a = f"{FILE_SEP}probe/helpers.py\n{definition_file(rng, names, words)}"
-        file_b = f"{FILE_SEP}probe/{path.rsplit('/', 1)[-1]}\n{filler}\nvalue = {first}_"
-        head = f"{REPO_NAME}probe\n"
-        cases.append(CopyCase(tok.encode(head + file_a + file_b), tok.encode(head + file_b), rest))
+        head = tok.encode(f"{REPO_NAME}probe\n")
+        file_a = tok.encode(f"{FILE_SEP}probe/helpers.py\n{definition_file(rng, names, words)}")
+        file_b = tok.encode(f"{FILE_SEP}probe/{path.rsplit('/', 1)[-1]}\n{filler}\nvalue =") + name_ids[:1]
+        cases.append(CopyCase(head + file_a + file_b, head + file_b, name_ids[1:]))
     return cases
 
 
@@ -100,19 +104,15 @@ def _target_logprob(model: Transformer, prompt: list[int], target: list[int]) ->
 
 
 def cross_file_copy(model: Transformer, tok: Tokenizer, repos: list[Repo], words: list[str], n: int = 40) -> dict:
-    """Accuracy with / without the defining file and the mean log-prob gap of the target (nats)."""
+    """Greedy accuracy of completing the name with / without the defining file, and the mean log-prob gap
+    of the name's remaining tokens (nats)."""
     hits = {"with": 0, "without": 0}
     gap = 0.0
     for case in copy_cases(tok, repos, words, n):
-        # The target is tokenised in context: the prompt ends in "first_", so append the rest as text.
-        full = tok.encode(tok.decode(case.with_def, skip_special=False) + case.target)
-        target_ids = (
-            full[len(case.with_def) :] if full[: len(case.with_def)] == case.with_def else tok.encode(case.target)
-        )
         for key, prompt in (("with", case.with_def), ("without", case.without_def)):
-            out = tok.decode(_greedy(model, prompt, len(target_ids) + 1))
-            hits[key] += out.startswith(case.target)
-        gap += _target_logprob(model, case.with_def, target_ids) - _target_logprob(model, case.without_def, target_ids)
+            hits[key] += _greedy(model, prompt, len(case.target)) == case.target
+        with_def = _target_logprob(model, case.with_def, case.target)
+        gap += with_def - _target_logprob(model, case.without_def, case.target)
     return {
         "n": n,
         "accuracy_with_def": round(hits["with"] / n, 3),

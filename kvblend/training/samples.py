@@ -80,6 +80,9 @@ class SampleMaker:
         self.rng = random.Random(seed)
         self.special = {tok.token_id(t) for t in SPECIAL_TOKENS}
         self.n_regular = tok.vocab_size  # ids >= len(SPECIAL_TOKENS) are regular
+        # Random spans draw ids below this bound: BPE ids are ordered by merge, so a low bound means frequent
+        # tokens with well-trained embeddings (an easier start for induction); the full vocabulary by default.
+        self.random_id_bound = self.n_regular
         self.sep, self.repo_tok = tok.token_id(FILE_SEP), tok.token_id(REPO_NAME)
         self.eot = tok.token_id(ENDOFTEXT)
 
@@ -144,7 +147,7 @@ class SampleMaker:
         ids: list[int] = []
         while len(ids) < self.seq_len + 1:
             if rng.random() < 0.5:
-                span = [rng.randrange(len(SPECIAL_TOKENS), self.n_regular) for _ in range(rng.randint(8, 64))]
+                span = [rng.randrange(len(SPECIAL_TOKENS), self.random_id_bound) for _ in range(rng.randint(8, 64))]
             else:
                 _, text = self._file_text(rng.choice(self.repos), max_chars=400)
                 span = self.tok.encode(text)[: rng.randint(16, 96)]

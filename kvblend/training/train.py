@@ -96,6 +96,7 @@ class TrainArgs:
     max_minutes: float
     preset: str = "tiny"
     corpus_root: Path | None = None
+    induct_id_bound: int = 0  # 0: random spans over the whole vocabulary
 
 
 def phase_at(step: int, a: TrainArgs) -> str:
@@ -173,6 +174,7 @@ def train(a: TrainArgs) -> dict:
     while step < a.steps:
         phase = phase_at(step, a)
         maker.seq_len = a.induct_seq_len if phase == "induct" else a.seq_len
+        maker.random_id_bound = a.induct_id_bound if phase == "induct" and a.induct_id_bound else maker.n_regular
         for group in opt.param_groups:
             group["lr"] = lr_at(step, a)
         batch = make_batch(maker, phase, a.batch if phase == "main" else a.copy_batch, dev)
@@ -217,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--copy-steps", type=int, default=500, help="steps of the copy-heavy mix after the induct phase")
     p.add_argument("--induct-steps", type=int, default=2500, help="steps of short pure-repeat sequences first")
     p.add_argument("--induct-seq-len", type=int, default=128)
+    p.add_argument("--induct-id-bound", type=int, default=0, help="random span ids below this in the induct phase")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--copy-batch", type=int, default=8, help="batch of the induct and copy phases")
