@@ -1,5 +1,5 @@
 # Two entry points, both self-installing on a fresh machine (Python 3.11 + pip):
-#   make demo   run the main job on the bundled default model
+#   make demo   index a sample workspace, blend vs full prefill, and complete a prompt (bundled model)
 #   make test   run the test suite
 PY ?= python3
 VENV ?= .venv
@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 PYTEST_ARGS ?= -m "not slow"
 export TRITON_INTERPRET := 1
 
-.PHONY: install test demo bench lint
+.PHONY: install test demo bench
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -23,6 +23,8 @@ test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: install
+	$(BIN)/kvblend index examples/sample_repo --json
+	$(BIN)/kvblend bench blend --chunks 4 --chunk-tokens 256 --prompt-tokens 128 --json
 	$(BIN)/kvblend generate --prompt-file examples/prompt.py --max-tokens 48
 
 bench: install

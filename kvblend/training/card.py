@@ -33,7 +33,7 @@ def measure(model_dir: Path, seq_len: int = 512, copy_cases: int = 40) -> dict:
     }
 
 
-def write_card(model_dir: Path, metrics: dict) -> None:
+def write_card(model_dir: Path, metrics: dict, notes: str = "") -> None:
     cfg = json.loads((model_dir / "config.json").read_text())
     hist_path = model_dir / "train_history.json"
     history = json.loads(hist_path.read_text()) if hist_path.exists() else []
@@ -84,10 +84,10 @@ Re-measure with `python -m kvblend.training.card --model models/kvblend-tiny-py`
 - Induction (random token ids repeated twice): first copy {ind["first_copy_loss"]}, second copy
   {ind["second_copy_loss"]}, ratio **{ind["ratio"]}** (1 = no copying; target <= 0.5).
 - Cross-file copy probe ({copy["n"]} cases: a made-up function defined in file A, used in file B after 300-400
-  tokens of held-out code; the prompt ends in the name's first word): greedy accuracy **{copy["accuracy_with_def"]}**
+  tokens of held-out code; the prompt ends in the name's first token): greedy accuracy **{copy["accuracy_with_def"]}**
   with file A in context vs **{copy["accuracy_without_def"]}** without it; mean log-probability gap of the name
   {copy["logprob_gap_nats"]} nats.
-"""
+{notes}"""
     (model_dir / "MODEL_CARD.md").write_text(text)
 
 
@@ -95,13 +95,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=Path("models/kvblend-tiny-py"))
     p.add_argument("--write", action="store_true", help="rewrite MODEL_CARD.md in the model directory")
+    p.add_argument("--notes", type=Path, default=None, help="a markdown file appended to the card")
     args = p.parse_args()
     torch.set_num_threads(2)
     metrics = measure(args.model)
     print(json.dumps(metrics, indent=1))
     if args.write:
         (args.model / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-        write_card(args.model, metrics)
+        write_card(args.model, metrics, args.notes.read_text() if args.notes else "")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""A tiny inventory package (sample workspace for kvblend's demo)."""
