@@ -238,9 +238,18 @@ def selective_attention_torch(
     pos = q_pos[order]  # [n_q] non-decreasing
     q_sorted = q[:, order]  # [n_q_heads, n_q, head_dim]
     out_sorted = torch.empty_like(q_sorted)  # [n_q_heads, n_q, head_dim]
+    # Without a window, the keys before a block's first position are visible to all its queries: they take
+    # an unmasked call (the fast kernel path), only the short tail up to the block's last position a mask.
+    # split: the last key at or before the block's first position, which every query of the block sees.
+    splits = None
+    if window is None and _HAS_CPU_FLASH_LSE and q.device.type == "cpu":
+        splits = (torch.searchsorted(kv_pos, pos[::block].contiguous(), right=True) - 1).clamp_(min=0).tolist()
     for b, (lo, hi) in enumerate(zip(kv_lo.tolist(), kv_hi.tolist(), strict=True)):
         s, e = b * block, min((b + 1) * block, n_q)
         pb = pos[s:e, None]  # [n_b, 1]
+        if splits is not None:
+            out_sorted[:, s:e] = _split_block(q_sorted[:, s:e], k, v, pb, kv_pos, scale, lo, max(lo, splits[b]), hi)
+            continue
         kp = kv_pos[None, lo:hi]  # [1, hi - lo]
         mask = kp <= pb  # [n_b, hi - lo]
         if window is not None:
@@ -258,6 +267,43 @@ def selective_attention_torch(
     out = torch.empty_like(q_sorted)
     out[:, order] = out_sorted  # back to the input order
     return out
+
+
+_HAS_CPU_FLASH_LSE = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+
+
+def _split_block(
+    qb: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pb: torch.Tensor,
+    kv_pos: torch.Tensor,
+    scale: float,
+    lo: int,
+    split: int,
+    hi: int,
+) -> torch.Tensor:
+    """One block of position-sorted queries: keys [lo, split) unmasked, [split, hi) causally masked, merged
+    by their log-sum-exps. qb: [n_q_heads, n_b, head_dim]; pb: [n_b, 1] positions -> [n_q_heads, n_b, head_dim].
+
+    The query-head group of each KV head is folded into the query axis (every query sees the same keys in
+    the unmasked part), so no k/v copy is made for GQA.
+    """
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    n_q_heads, n_b, d = qb.shape
+    n_kv_heads = k.shape[0]
+    group = n_q_heads // n_kv_heads
+    qf = qb.reshape(n_kv_heads, group * n_b, d)[None]  # [1, n_kv_heads, group * n_b, head_dim]
+    kp = kv_pos[split:hi]  # [hi - split]; starts with a key every query sees, so no row is empty
+    neg = torch.zeros(n_b, hi - split, dtype=qb.dtype, device=qb.device)
+    neg.masked_fill_(kp[None, :] > pb, float("-inf"))  # [n_b, hi - split] additive mask
+    out_b, lse_b = op(qf, k[None, :, split:hi], v[None, :, split:hi], 0.0, False,
+                      attn_mask=neg.repeat(group, 1), scale=scale)  # fmt: skip
+    if split > lo:
+        out_a, lse_a = op(qf, k[None, :, lo:split], v[None, :, lo:split], 0.0, False, scale=scale)
+        lse = torch.logaddexp(lse_a, lse_b)  # [1, n_kv_heads, group * n_b]
+        out_b = out_a * (lse_a - lse).exp()[..., None] + out_b * (lse_b - lse).exp()[..., None]
+    return out_b[0].reshape(n_q_heads, n_b, d)
 
 
 def selective_attention_ref(
