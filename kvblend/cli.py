@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--shared-prefix", action="store_true", help="precompute chunks behind the repo header")
     bb.add_argument("--chunk-start-tokens", type=int, default=None, help="always recompute each chunk's first N")
     bb.add_argument("--repeats", type=int, default=3)
+    bb.add_argument("--samples", type=int, default=3, help="token sequences averaged over")
     bb.add_argument("--json", action="store_true", help="print one JSON object")
 
     bi = bsub.add_parser("index", help="indexing tokens/s vs raw prefill; disk-tier load GB/s vs a plain read")
@@ -134,7 +135,8 @@ def _bench_blend(args: argparse.Namespace) -> int:
     starts = BlendConfig().chunk_start_tokens if args.chunk_start_tokens is None else args.chunk_start_tokens
     result = bench_blend(
         args.model, args.chunks, args.chunk_tokens, args.prompt_tokens, args.decode_tokens,
-        shared_prefix=args.shared_prefix, chunk_start_tokens=starts, repeats=args.repeats, device=args.device,
+        shared_prefix=args.shared_prefix, chunk_start_tokens=starts, repeats=args.repeats, samples=args.samples,
+        device=args.device,
     )  # fmt: skip
     return _print(result, args.json)
 
