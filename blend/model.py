@@ -23,6 +23,8 @@ from triton_kernels import selective_attention
 
 # Rows per MLP block at inference (see MLP.forward).
 MLP_ROW_BLOCK = 512
+# Masked steps with at least this many queries use the selective attention path (see step_plan).
+SELECTIVE_MIN_QUERIES = 64
 
 
 class RMSNorm(nn.Module):
@@ -214,6 +216,10 @@ class Transformer(nn.Module):
                 masks[window] = "causal"
             else:
                 masks[window] = attention_mask(positions, cache.positions, window)
+                if masks[window] is not None and positions.shape[0] >= SELECTIVE_MIN_QUERIES:
+                    # Many queries on top of a cache (chunked prefill, prefix reuse): the position-blocked
+                    # selective attention skips the keys no query can see instead of a dense masked call.
+                    masks[window] = "selective"
         return rope, [masks[w] for w in self.cfg.sliding_windows]
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

@@ -133,3 +133,18 @@ def test_long_prefill_crosses_mlp_row_blocks(pairs):
         ref = hf(toks[None]).logits[0]
     ours = lm.model.prefill(toks, lm.model.new_cache(), all_logits=True)
     assert (ours - ref).abs().max().item() < ATOL
+
+
+@pytest.mark.parametrize("name", ["qwen2", "mistral-window", "llama-mqa-tied-llama3"])
+def test_long_chunked_prefill_takes_the_selective_path_exactly(pairs, name):
+    from blend.model import SELECTIVE_MIN_QUERIES
+
+    lm, hf = pairs[name]
+    toks = _tokens(300, seed=8)
+    with torch.no_grad():
+        ref = hf(toks[None]).logits[0]
+    cache = lm.model.new_cache()
+    first = lm.model.prefill(toks[:100], cache, all_logits=True)
+    rest = lm.model.prefill(toks[100:], cache, all_logits=True)
+    assert 200 >= SELECTIVE_MIN_QUERIES
+    assert (torch.cat([first, rest]) - ref).abs().max().item() < ATOL
