@@ -60,3 +60,15 @@ def test_generate_stops_on_eos(hf_checkpoints):
     assert out.tokens == [] and out.stop_reason == "eos"
     assert generate(lm.model, prompt, 3).stop_reason == "max_tokens"
     assert torch.is_tensor(lm.model.inv_freq)
+
+
+def test_bench_blend_json_contract(hf_checkpoints):
+    r = _run("bench", "blend", "--model", str(hf_checkpoints["llama-gqa"]), "--chunks", "2", "--chunk-tokens", "32",
+             "--prompt-tokens", "8", "--decode-tokens", "4", "--repeats", "1", "--samples", "1", "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["context_tokens"] > 64 and out["prompt_tokens"] == 8
+    for mode in ("full", "naive", "prefix", "blend_r0.05", "blend_r0.15", "blend_r0.3"):
+        row = out[mode]
+        assert row["ttft_ms"] > 0 and 0 <= row["top1_agreement"] <= 1 and row["first_token_kl"] >= -1e-6
+    assert out["full"]["top1_agreement"] == 1.0 and out["full"]["first_token_kl"] == 0.0
