@@ -94,6 +94,14 @@ def precompute_chunk(
     )
 
 
+def _chunk_bounds(chunks: list[ChunkKV]) -> list[int]:
+    """Start slot of every chunk in the fused context, then the context length: [0, n_0, n_0 + n_1, ...]."""
+    bounds = [0]
+    for c in chunks:
+        bounds.append(bounds[-1] + len(c))
+    return bounds
+
+
 def _fill_reused(model: Transformer, i: int, chunks: list[ChunkKV], bounds: list[int], cache: KVCache) -> None:
     """Write every chunk's layer-i KV into the fused cache, keys moved to their new positions."""
     k_store, v_store = cache.layer(i)  # [n_kv_heads, capacity, head_dim]
@@ -118,13 +126,11 @@ def blend(
     reason = can_blend(model.cfg)
     if reason is not None:
         _warn_once(reason)
-        return _full(model, chunks, prompt, extra_capacity)
+        return full_prefill(model, chunks, prompt, extra_capacity)
     if max(cfg.check_layers) >= model.cfg.n_layers:
         raise ValueError(f"check layer {max(cfg.check_layers)} >= n_layers {model.cfg.n_layers}")
     dev = model.device
-    bounds = [0]
-    for c in chunks:
-        bounds.append(bounds[-1] + len(c))
+    bounds = _chunk_bounds(chunks)
     n_ctx, n_prompt = bounds[-1], prompt.shape[0]
     total = n_ctx + n_prompt
     tokens = torch.cat([c.tokens.to(dev) for c in chunks] + [prompt.to(dev)])  # [total]
@@ -152,10 +158,10 @@ def blend(
         q, k, v = model.layer_qkv(i, h, (cos[active], sin[active]))  # q: [heads, n_active, D]
         if i in cfg.check_layers:
             keep = max(0, min(n_ctx, math.ceil(ratios[cfg.check_layers.index(i)] * n_ctx)))
-            in_ctx = active < n_ctx
+            always = forced[active]  # the prompt and, optionally, chunk starts
             score = kv_deviation(k, k_store[:, active]) + kv_deviation(v, v_store[:, active])  # [n_active]
-            score = torch.where(forced[active] | ~in_ctx, torch.inf, score)
-            n_keep = min(active.shape[0], keep + int((forced[active] | ~in_ctx).sum()))
+            score = torch.where(always, torch.inf, score)
+            n_keep = min(active.shape[0], keep + int(always.sum()))
             rows = torch.topk(score, n_keep).indices.sort().values  # rows of `active`, position order
             active, h, q, k, v = active[rows], h[rows], q[:, rows], k[:, rows], v[:, rows]
             t_check += time.perf_counter() - t_layer
@@ -172,12 +178,10 @@ def blend(
 def naive(model: Transformer, chunks: list[ChunkKV], prompt: torch.Tensor, extra_capacity: int = 64) -> BlendResult:
     """Baseline: reuse every chunk's KV with keys moved to their new positions; prefill only the prompt."""
     t0 = time.perf_counter()
-    n_ctx = sum(len(c) for c in chunks)
+    bounds = _chunk_bounds(chunks)
+    n_ctx = bounds[-1]
     cache = model.new_cache(n_ctx + prompt.shape[0] + extra_capacity)
     cache.set_positions(cache.reserve(n_ctx), torch.arange(n_ctx, device=model.device))
-    bounds = [0]
-    for c in chunks[:-1]:
-        bounds.append(bounds[-1] + len(c))
     for i in range(model.cfg.n_layers):
         _fill_reused(model, i, chunks, bounds, cache)
     logits = model.prefill(prompt.to(model.device), cache)
@@ -201,17 +205,13 @@ def prefix_reuse(model: Transformer, chunks: list[ChunkKV], prompt: torch.Tensor
 
 
 @torch.inference_mode()
-def _full(model: Transformer, chunks: list[ChunkKV], prompt: torch.Tensor, extra_capacity: int) -> BlendResult:
+def full_prefill(model: Transformer, chunks: list[ChunkKV], prompt: torch.Tensor, extra_capacity: int = 64):
+    """Baseline: prefill the identical token sequence from scratch."""
     t0 = time.perf_counter()
     tokens = torch.cat([c.tokens.to(model.device) for c in chunks] + [prompt.to(model.device)])
     cache = model.new_cache(tokens.shape[0] + extra_capacity)
     logits = model.prefill(tokens, cache)
     return BlendResult(logits, cache, torch.arange(tokens.shape[0]), {"total_s": time.perf_counter() - t0})
-
-
-def full_prefill(model: Transformer, chunks: list[ChunkKV], prompt: torch.Tensor, extra_capacity: int = 64):
-    """Baseline: prefill the identical token sequence from scratch."""
-    return _full(model, chunks, prompt, extra_capacity)
 
 
 _warned: set[str] = set()

@@ -131,11 +131,12 @@ class Transformer(nn.Module):
         T = tokens.shape[1]
         positions = torch.arange(T, device=tokens.device)
         cos, sin = self.rope_tables(positions)
+        windows = set(self.cfg.sliding_windows)
+        masks = {w: None if w is None else attention_mask(positions, positions, w) for w in windows}
         h = self.embed_tokens(tokens)  # [B, T, dim]
         for i, blk in enumerate(self.layers):
             q, k, v = blk.self_attn.qkv(blk.input_layernorm(h), cos, sin)
-            window = self.cfg.sliding_windows[i]
-            mask = None if window is None else attention_mask(positions, positions, window)
+            mask = masks[self.cfg.sliding_windows[i]]  # computed once per distinct window
             h = h + blk.self_attn.attend(q, k, v, mask, is_causal=mask is None)
             h = h + blk.mlp(blk.post_attention_layernorm(h))
         return self.lm_head(self.norm(h)).float()
