@@ -12,8 +12,6 @@ log = logging.getLogger(__name__)
 
 # Subcommands that later work owns; they exist so scripts and docs can name them already.
 PLANNED = {
-    "serve": "run the language server over stdio",
-    "complete": "complete at a cursor in a file",
     "eval": "batch completion evaluation",
 }
 
@@ -65,6 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--max-chunk-tokens", type=int, default=512)
     ix.add_argument("--json", action="store_true", help="print one JSON object")
 
+    sv = sub.add_parser("serve", help="run the language server over stdio (--tcp PORT for debugging)")
+    _model_args(sv)
+    sv.add_argument("--tcp", type=int, default=None, metavar="PORT", help="listen on 127.0.0.1:PORT instead")
+    sv.add_argument("--redis-url", default=None, help="also use a shared redis tier, e.g. redis://host:6379/0")
+    sv.add_argument("--cache-dir", type=Path, default=None, help="disk tier (default: WORKSPACE/.kvblend/cache)")
+    sv.add_argument("--no-index", action="store_true", help="do not index the workspace (local prompt only)")
+    sv.add_argument("--log-file", type=Path, default=None, help="log here (stdio carries the protocol)")
+
+    co = sub.add_parser("complete", help="complete at a cursor in a file; prints only the completion")
+    _model_args(co)
+    co.add_argument("--file", required=True, type=Path, help="the file being edited")
+    co.add_argument("--line", required=True, type=int, help="1-based line of the cursor")
+    co.add_argument("--col", required=True, type=int, help="1-based column of the cursor (characters)")
+    co.add_argument("--workspace", type=Path, default=None, help="repository root (default: the file's git root)")
+    co.add_argument("--no-index", action="store_true", help="no repository context (local prompt only)")
+    co.add_argument("--settings", default=None, help='JSON object of settings, e.g. \'{"mode": "full"}\'')
+    co.add_argument("--json", action="store_true", help="print the whole result as JSON instead of the text")
+
     for name, text in PLANNED.items():
         sub.add_parser(name, help=f"{text} (not implemented yet)", add_help=False)
     return p
@@ -85,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         print(f"kvblend: unrecognized arguments: {' '.join(rest)}", file=sys.stderr)
         return 2
+    if args.command == "serve":
+        return _serve(args)
     try:
+        if args.command == "complete":
+            return _complete(args)
         if args.command == "generate":
             return _generate(args)
         if args.command == "index":
@@ -120,6 +140,92 @@ def _generate(args: argparse.Namespace) -> int:
     sys.stdout.write(lm.tokenizer.decode(out.tokens))
     sys.stdout.flush()
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from lsp_server.backend import ServerOptions
+    from lsp_server.server import build_server
+
+    if args.log_file is not None:  # stdout is the protocol channel: logs go to stderr or a file
+        logging.getLogger().handlers[:] = [logging.FileHandler(args.log_file)]
+    opts = ServerOptions(args.model, args.device, args.redis_url, args.cache_dir, index=not args.no_index)
+    server = build_server(opts)
+    if args.tcp is not None:
+        server.start_tcp("127.0.0.1", args.tcp)
+    else:
+        server.start_io()
+    return 0
+
+
+def _complete(args: argparse.Namespace) -> int:
+    from blend.loader import load_model
+    from kvblend.completer import Completer, CompletionRequest, relative_path
+    from kvblend.settings import Settings
+
+    text = _read_text(args.file)
+    cursor = _cursor(text, args.line, args.col)
+    settings = Settings()
+    if args.settings:
+        try:
+            options = json.loads(args.settings)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--settings is not JSON: {e}") from None
+        settings, warnings = Settings.from_options(options)
+        if warnings:
+            raise ValueError("; ".join(warnings))
+    root = args.workspace or _git_root(args.file) or args.file.resolve().parent
+    lm = load_model(args.model, device=args.device)
+    indexer = None
+    if not args.no_index and settings.mode != "none":
+        from indexer import Indexer, IndexerConfig
+
+        if not root.is_dir():
+            raise ValueError(f"not a directory: {root}")
+        indexer = Indexer(IndexerConfig(root), lm)
+        indexer.update([args.file], recent=True)
+        indexer.index()
+    try:
+        completer = Completer(lm, settings, indexer)
+        result = completer.complete(CompletionRequest(relative_path(root, args.file), text, cursor))
+    finally:
+        if indexer is not None:
+            indexer.close()
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        sys.stdout.write(result.text)
+        sys.stdout.flush()
+    return 0
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    if b"\x00" in data[:8192]:
+        raise ValueError(f"{path} is a binary file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+
+
+def _cursor(text: str, line: int, col: int) -> int:
+    """Character offset of a 1-based line and column; column len(line)+1 is the line's end."""
+    lines = text.split("\n")
+    if not 1 <= line <= len(lines):
+        raise ValueError(f"line {line} outside the file (1..{len(lines)})")
+    if not 1 <= col <= len(lines[line - 1]) + 1:
+        raise ValueError(f"column {col} outside line {line} (1..{len(lines[line - 1]) + 1})")
+    return sum(len(x) + 1 for x in lines[: line - 1]) + col - 1
+
+
+def _git_root(path: Path) -> Path | None:
+    for parent in path.resolve().parents:
+        if (parent / ".git").exists():
+            return parent
+    return None
 
 
 def _bench_engine(args: argparse.Namespace) -> int:

@@ -49,3 +49,5 @@ def export_checkpoint(model: Transformer, tokenizer_json: str, out: Path) -> Non
     (out / "tokenizer.json").write_text(tokenizer_json)
     tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
+    # Trained on both FIM orders (samples.py); the completer prefers SPM, whose prompts extend by keystroke.
+    (out / "kvblend.json").write_text(json.dumps({"fim_orders": ["psm", "spm"]}) + "\n")

@@ -1,0 +1,378 @@
+"""The Completer: one completion request end to end (DESIGN.md "The path of one completion request").
+
+    request -> result cache (repeat / typed-through) -> local FIM prompt -> context chunks (retrieval)
+            -> KV: the document's live session (longest common token prefix) or chunk KV blended
+            -> decode with stop rules, cancellation and a time budget -> text shown + per-stage timings
+
+A session per document keeps the KV of its last prompt and completion. With the SPM prompt order the next
+keystroke's prompt shares all but its last few tokens with it, so while the retrieved chunks stay the same
+(retrieval reads the text up to the cursor's line, which typing within a line does not change) a request
+prefills a handful of tokens. A new set of chunks is blended from their precomputed KV.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import PurePosixPath
+
+import torch
+
+from blend import cacheblend
+from blend.cacheblend import BlendConfig, ChunkKV
+from blend.kv_cache import KVCache
+from blend.loader import LoadedModel
+from blend.prompt import fim_prompt, model_fim_order, repo_header
+from blend.sampling import Sampler, SamplingParams
+from blend.tokenizer import FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, REPO_NAME
+from indexer.chunker import Chunk
+from indexer.indexer import Indexer
+from indexer.retrieval import RetrievalRequest, Retriever
+from indexer.secrets import find_secret, is_secret_path
+from kvblend.settings import Settings
+from kvblend.stats import Stats
+from kvblend.stops import cut as cut_text
+from kvblend.stops import plan_for, trim_suffix_overlap
+
+log = logging.getLogger(__name__)
+
+RETRIEVAL_CHARS = 64 << 10  # retrieval reads at most this much of a document around the cursor (huge files)
+MAX_SESSIONS = 4  # live document sessions kept (each holds the KV of ~4k tokens: ~25 MB on the bundled model)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompletionRequest:
+    path: str  # workspace-relative posix path of the document (an outside file: its name)
+    text: str  # the document's current text
+    cursor: int  # character offset of the cursor in `text`
+    uri: str = ""
+    version: int | None = None
+    trigger: str = "automatic"  # automatic | invoked
+
+
+@dataclasses.dataclass
+class Completion:
+    text: str  # what to insert at the cursor ("" for nothing)
+    stop_reason: str  # eos | stop | max_tokens | time | cancelled | cache | typed_through | skipped
+    source: str = "model"  # model | cache | typed_through | none
+    multiline: bool = False
+    timings_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    context: list[str] = dataclasses.field(default_factory=list)  # chunks used, "path:start-end"
+    tokens_prefilled: int = 0  # tokens run through the model for this request (blend: those recomputed)
+    tokens_reused: int = 0  # tokens whose KV came from a cache (session, chunk store)
+    kv_path: str = ""  # session | blend | naive | full | prefix | none
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class _Session:
+    keys: tuple  # chunk keys of its context (the header first)
+    context: list[str]
+    tokens: list[int]  # every token whose KV `cache` holds, in order
+    cache: KVCache
+
+
+@dataclasses.dataclass
+class _Shown:
+    """A result as shown at a cursor: enough to answer a repeat or a typed-through request."""
+
+    path: str
+    offset: int  # cursor offset
+    before: str  # up to 256 characters before the cursor
+    after: str  # up to 256 characters after it
+    text: str
+
+
+class Completer:
+    def __init__(self, lm: LoadedModel, settings: Settings | None = None, indexer: Indexer | None = None) -> None:
+        self.lm = lm
+        self.settings = settings or Settings()
+        self.indexer = indexer
+        self.retriever = Retriever()
+        self.stats = Stats()
+        tok = lm.tokenizer
+        specials = (tok.token_id(t) for t in (FILE_SEP, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, REPO_NAME))
+        self.stop_ids = set(tok.eos_ids) | {i for i in specials if i is not None}
+        self._sessions: collections.OrderedDict[str, _Session] = collections.OrderedDict()
+        self._shown: collections.deque[_Shown] = collections.deque(maxlen=max(self.settings.result_cache, 1))
+        self._header: ChunkKV | None = None
+        self.last: dict = {}  # the last request that ran the model (stats, tests)
+        self._lock = threading.RLock()  # one request at a time on the model
+
+    @property
+    def fim_order(self) -> str:
+        order = self.settings.fim_order
+        return model_fim_order(self.lm.path) if order == "auto" else order
+
+    def update_settings(self, settings: Settings) -> None:
+        with self._lock:
+            self.settings = settings
+            self._sessions.clear()  # windows, order or mode may have changed what a prompt is
+            self._shown = collections.deque(self._shown, maxlen=max(settings.result_cache, 1))
+
+    # -- the request ---------------------------------------------------------------------------
+
+    def complete(self, req: CompletionRequest, cancelled: Callable[[], bool] | None = None) -> Completion:
+        """Complete at `req.cursor`. `cancelled()` is polled before the model runs and between decode steps;
+        once true the request returns what it has with stop_reason "cancelled"."""
+        cancelled = cancelled or (lambda: False)
+        t0 = time.perf_counter()
+        self.stats.count("requests")
+        if not 0 <= req.cursor <= len(req.text):
+            raise ValueError(f"cursor {req.cursor} outside the document (length {len(req.text)})")
+        if is_secret_path(req.path) or find_secret(req.text[max(0, req.cursor - 4096) : req.cursor + 4096]):
+            self.stats.count("skipped_secret")
+            return Completion("", "skipped", source="none")
+        hit = self._lookup(req)
+        if hit is not None:
+            hit.timings_ms = {"total": _ms(t0)}
+            self.stats.count(hit.source + "_hits")
+            self.stats.record({"total": hit.timings_ms["total"]})
+            return hit
+        if cancelled():
+            self.stats.count("superseded")
+            return Completion("", "cancelled", source="none")
+        with self._lock:
+            result = self._run(req, cancelled, t0)
+        self.stats.count("superseded" if result.stop_reason == "cancelled" else "finished")
+        self.stats.count("tokens_prefilled", result.tokens_prefilled)
+        self.stats.count("tokens_reused", result.tokens_reused)
+        self.stats.count(f"kv_{result.kv_path}")
+        self.stats.record(result.timings_ms)
+        if result.stop_reason != "cancelled" and result.text:
+            self._remember(req, result.text)
+        self.last = {k: v for k, v in result.to_dict().items() if k != "text"} | {"path": req.path}
+        return result
+
+    def warm(self, req: CompletionRequest) -> None:
+        """Prepare the document's session for a request like `req` (idle warm-up): chunks loaded or computed,
+        context blended, local prompt prefilled; the next keystroke then only extends it."""
+        if is_secret_path(req.path):
+            return
+        with self._lock:
+            timings: dict[str, float] = {}
+            self._prepare(req, timings)
+        self.stats.count("warmups")
+
+    def _run(self, req: CompletionRequest, cancelled: Callable[[], bool], t0: float) -> Completion:
+        s = self.settings
+        timings: dict[str, float] = {}
+        plan = plan_for(req.text, req.cursor, s.multiline)
+        logits, session, prompt_len, info = self._prepare(req, timings)
+        budget = s.max_tokens if plan.multiline else s.max_line_tokens
+        sampler = Sampler(SamplingParams(temperature=s.temperature))
+        t = time.perf_counter()
+        deadline = t0 + s.time_budget_ms / 1000.0
+        out: list[int] = []
+        shown, reason = "", "max_tokens"
+        with torch.inference_mode():
+            while len(out) < budget:
+                token = sampler(logits)
+                if token in self.stop_ids:
+                    reason = "eos"
+                    break
+                out.append(token)
+                shown, stopped = cut_text(self.lm.tokenizer.decode(out), plan)
+                if stopped:
+                    reason = "stop"
+                    break
+                if cancelled():
+                    reason = "cancelled"
+                    break
+                if time.perf_counter() > deadline:
+                    reason = "time"
+                    break
+                if len(out) >= budget:
+                    break
+                logits = self.lm.model.decode(token, session.cache)
+        timings["decode"] = _ms(t)
+        session.tokens = session.tokens[:prompt_len] + out[: session.cache.n - prompt_len]
+        text = trim_suffix_overlap(shown.rstrip() if plan.multiline else shown, req.text[req.cursor :])
+        if reason == "cancelled":
+            text = ""
+        timings["total"] = _ms(t0)
+        return Completion(text, reason, "model", plan.multiline, timings, info["context"], info["prefilled"],
+                          info["reused"], info["kv_path"])  # fmt: skip
+
+    # -- the KV of context + prompt ------------------------------------------------------------
+
+    def _prepare(self, req: CompletionRequest, timings: dict[str, float]):
+        """The session of `req.path` with the KV of context + local prompt; returns (last logits, session,
+        prompt length in tokens, info)."""
+        s, model = self.settings, self.lm.model
+        t = time.perf_counter()
+        local = fim_prompt(self.lm.tokenizer, req.path, req.text, req.cursor, s.prefix_tokens, s.suffix_tokens,
+                           self.fim_order).tokens  # fmt: skip
+        timings["prompt"] = _ms(t)
+        t = time.perf_counter()
+        chunks = self._retrieve(req)
+        timings["retrieve"] = _ms(t)
+        header = self._header_kv()
+        keys = ("header", *(c.key for c in chunks))
+        context = [f"{c.path}:{c.start_line}-{c.end_line}" for c in chunks]
+        ctx_tokens = header.tokens.tolist() + [i for c in chunks for i in c.tokens]
+        full = ctx_tokens + local
+        session = self._sessions.get(req.path)
+        if s.session_reuse and session is not None and session.keys == keys:
+            n = _common_prefix(session.tokens, full)
+            n = min(n, len(full) - 1)  # at least one token runs, for the logits
+            t = time.perf_counter()
+            session.cache.truncate(n)
+            with torch.inference_mode():
+                logits = model.prefill(torch.tensor(full[n:], device=model.device), session.cache)
+            timings["prefill"] = _ms(t)
+            session.tokens = full
+            self._sessions.move_to_end(req.path)
+            return logits, session, len(full), {"context": context, "prefilled": len(full) - n, "reused": n,
+                                                "kv_path": "session"}  # fmt: skip
+        logits, cache, prefilled, kv_path = self._build(header, chunks, ctx_tokens, local, timings)
+        session = _Session(keys, context, full, cache)
+        if s.session_reuse:
+            self._sessions[req.path] = session
+            self._sessions.move_to_end(req.path)
+            while len(self._sessions) > MAX_SESSIONS:
+                self._sessions.popitem(last=False)
+        return logits, session, len(full), {"context": context, "prefilled": prefilled,
+                                            "reused": len(full) - prefilled, "kv_path": kv_path}  # fmt: skip
+
+    def _build(self, header: ChunkKV, chunks: list[Chunk], ctx_tokens: list[int], local: list[int], timings):
+        """KV of context + local prompt from scratch, by the configured mode: (logits, cache, prefilled, mode)."""
+        s, model = self.settings, self.lm.model
+        extra = max(s.max_tokens, s.max_line_tokens) + 16
+        prompt = torch.tensor(local, device=model.device)
+        mode = s.mode if chunks else ("full" if s.mode != "prefix" else "prefix")
+        t = time.perf_counter()
+        if mode in ("full", "none"):
+            tokens = torch.tensor(ctx_tokens + local, device=model.device)
+            cache = model.new_cache(tokens.shape[0] + extra)
+            with torch.inference_mode():
+                logits = model.prefill(tokens, cache)
+            timings["prefill"] = _ms(t)
+            return logits, cache, tokens.shape[0], mode
+        kvs = [header] + [self.indexer.get_kv(c) for c in chunks]
+        timings["kv_load"] = _ms(t)
+        t = time.perf_counter()
+        if mode == "blend":
+            r = cacheblend.blend(model, kvs, prompt, BlendConfig(recompute_ratio=s.recompute_ratio), extra)
+            prefilled = int(r.selected.shape[0])
+        elif mode == "naive":
+            r = cacheblend.naive(model, kvs, prompt, extra)
+            prefilled = len(local)
+        else:  # prefix: the header is the exact prefix every request shares
+            r = cacheblend.prefix_reuse(model, kvs, prompt, extra)
+            prefilled = len(ctx_tokens) + len(local) - len(header)
+        timings["blend"] = _ms(t)
+        return r.logits, r.cache, prefilled, mode
+
+    def _header_kv(self) -> ChunkKV:
+        if self._header is None:
+            name = self.indexer.cfg.repo_name if self.indexer is not None else None
+            name = name or (self.indexer.cfg.root.name if self.indexer is not None else "workspace")
+            ids = torch.tensor(self.lm.tokenizer.encode(repo_header(name)), device=self.lm.model.device)
+            self._header = cacheblend.precompute_chunk(self.lm.model, ids, offset=0)
+        return self._header
+
+    def _retrieve(self, req: CompletionRequest) -> list[Chunk]:
+        """Chunks for the request. The query is the document without the cursor's line, so that typing
+        within a line (often not yet parseable) keeps the same chunks and the session's KV stays valid."""
+        s = self.settings
+        if self.indexer is None or s.mode == "none" or s.context_tokens <= 0:
+            return []
+        idx, text = self.indexer, req.text
+        line_start = text.rfind("\n", 0, req.cursor) + 1
+        line_end = text.find("\n", req.cursor)
+        head, tail = text[:line_start], text[line_end:] if line_end >= 0 else ""
+        if len(head) > RETRIEVAL_CHARS:  # imports from the top, identifiers from near the cursor
+            head = head[:8192] + "\n" + head[-RETRIEVAL_CHARS:]
+        rr = RetrievalRequest(
+            req.path, head + tail[: RETRIEVAL_CHARS // 4], len(head), tuple(sorted(idx.open_paths)),
+            tuple(reversed(idx.recent)),
+        )  # fmt: skip
+        return self.retriever.select(idx.chunks(), rr, s.context_tokens)
+
+    # -- results shown: repeats and typed-through ----------------------------------------------
+
+    def _remember(self, req: CompletionRequest, text: str) -> None:
+        c = req.cursor
+        self._shown.append(_Shown(req.path, c, req.text[max(0, c - 256) : c], req.text[c : c + 256], text))
+
+    def _lookup(self, req: CompletionRequest) -> Completion | None:
+        """A result shown earlier at this cursor, or at an earlier cursor whose suggestion the user has been
+        typing (the text typed since is a prefix of it): the rest of it, without the model."""
+        c = req.cursor
+        after = req.text[c : c + 256]
+        for e in reversed(self._shown):
+            typed = c - e.offset
+            if e.path != req.path or not 0 <= typed < len(e.text) or after != e.after:
+                continue
+            if req.text[max(0, e.offset - 256) : e.offset] != e.before:
+                continue
+            if req.text[e.offset : c] != e.text[:typed]:
+                continue
+            source = "cache" if typed == 0 else "typed_through"
+            return Completion(e.text[typed:], source, source=source, multiline="\n" in e.text)
+        return None
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def snapshot_stats(self) -> dict:
+        out = self.stats.snapshot()
+        c = out["counters"]
+        served = c.get("finished", 0) + c.get("cache_hits", 0) + c.get("typed_through_hits", 0)
+        out["hit_rates"] = {
+            "result_cache": round((c.get("cache_hits", 0) + c.get("typed_through_hits", 0)) / served, 4)
+            if served else 0.0,
+            "session": round(c.get("kv_session", 0) / max(c.get("finished", 0) + c.get("superseded", 0), 1), 4),
+        }  # fmt: skip
+        pre, reu = c.get("tokens_prefilled", 0), c.get("tokens_reused", 0)
+        out["tokens"] = {"prefilled": pre, "reused": reu, "reuse_fraction": round(reu / max(pre + reu, 1), 4)}
+        sessions = list(self._sessions.values())
+        stores = {"sessions": len(sessions), "session_bytes": sum(_cache_bytes(x.cache) for x in sessions)}
+        if self.indexer is not None:
+            stores["index_chunks"] = len(self.indexer.chunks())
+            stores["kv_store_bytes"] = self.indexer.store.nbytes()
+            stores["precompute_queue"] = len(self.indexer.queue)
+        out["stores"] = stores
+        out["last"] = self.last
+        out["settings"] = dataclasses.asdict(self.settings)
+        return out
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]: bisect on slice equality (C speed)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _cache_bytes(cache: KVCache) -> int:
+    k = cache.k
+    return 2 * k.numel() * k.element_size()
+
+
+def _ms(t: float) -> float:
+    return round((time.perf_counter() - t) * 1000.0, 3)
+
+
+def relative_path(root, path) -> str:
+    """Workspace-relative posix path of `path`, or its bare name when it lies outside `root`."""
+    from pathlib import Path
+
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return PurePosixPath(p.as_posix()).name

@@ -1,0 +1,312 @@
+"""What the handlers call: model and indexer lifecycle, request superseding and debounce, warm-up, status.
+
+Threads: the asyncio loop runs the handlers; one worker thread ("kvblend-model") runs every completion and
+warm-up on the model, one at a time; the indexer computes chunk KV in its own background thread; watchdog
+has its own. Anything sent to the client from another thread goes through `loop.call_soon_threadsafe`.
+
+Superseding: every request takes a sequence number and becomes the latest for its document. It waits the
+debounce, then runs on the worker; between decode steps the Completer polls `cancelled()`, which turns true
+once a newer request for the same document (or `$/cancelRequest`) arrived. A superseded request answers
+at once with no items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+import itertools
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
+from pygls.lsp.server import LanguageServer
+
+from kvblend.completer import Completer, Completion, CompletionRequest
+from kvblend.settings import Settings
+from lsp_server import methods
+from lsp_server.convert import lsp_path, lsp_request
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerOptions:
+    """Fixed for the server's life (command line, then initializationOptions)."""
+
+    model: Path | None = None  # None: the bundled default model
+    device: str | None = None
+    redis_url: str | None = None  # a shared KV tier
+    cache_dir: Path | None = None  # None: <workspace>/.kvblend/cache
+    index: bool = True  # index the workspace (off: local prompt only)
+    watch: bool = True  # the server-side watchdog watcher
+
+
+class Backend:
+    def __init__(self, server: LanguageServer, options: ServerOptions) -> None:
+        self.server = server
+        self.options = options
+        self.settings = Settings()
+        self.root: Path | None = None
+        self.completer: Completer | None = None
+        self.indexer = None
+        self.watcher = None
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kvblend-model")
+        self.loaded: concurrent.futures.Future = concurrent.futures.Future()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.counters: collections.Counter = collections.Counter()
+        self.last_latency_ms: float | None = None
+        self.status = methods.StatusParams("loading", "starting")
+        self._seq = itertools.count(1)
+        self._latest: dict[str, int] = {}
+        self._cancelled: set[int] = set()
+        self._warm: dict[str, asyncio.TimerHandle] = {}
+        self._progress_token = "kvblend-indexing"
+        self._last_progress = 0.0
+        self._progress_active = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def initialize(self, params: types.InitializeParams) -> list[str]:
+        """Workspace root and settings from the initialize request; returns warnings to show."""
+        folders = params.workspace_folders or []
+        uri = folders[0].uri if folders else params.root_uri
+        root = lsp_path(uri) if uri else (Path(params.root_path) if params.root_path else None)
+        self.root = root.resolve() if root is not None and root.is_dir() else None
+        opts = params.initialization_options
+        warnings = []
+        if isinstance(opts, dict):
+            if opts.get("model") and self.options.model is None:
+                self.options = dataclasses.replace(self.options, model=Path(str(opts["model"])))
+            if opts.get("redisUrl") and self.options.redis_url is None:
+                self.options = dataclasses.replace(self.options, redis_url=str(opts["redisUrl"]))
+        self.settings, warnings = Settings.from_options(opts)
+        if len(folders) > 1:
+            warnings.append(f"kvblend indexes the first workspace folder only ({folders[0].name})")
+        return warnings
+
+    async def start(self) -> None:
+        """After `initialized`: load the model, then index the workspace in the background."""
+        self.loop = asyncio.get_running_loop()
+        self.send_status(methods.StatusParams("loading", "loading model"))
+        try:
+            lm = await self.loop.run_in_executor(self.executor, self._load)
+        except Exception as e:  # a bad model path must not kill the server: report and serve nothing
+            log.exception("model load failed")
+            self.loaded.set_exception(e)
+            self.send_status(methods.StatusParams("error", f"model load failed: {e}"))
+            self.show(types.MessageType.Error, f"kvblend: cannot load the model: {e}")
+            return
+        indexer = None
+        if self.root is not None and self.options.index:
+            try:
+                indexer = self._make_indexer(lm)
+            except Exception as e:
+                log.exception("indexer failed to start")
+                self.show(types.MessageType.Warning, f"kvblend: workspace not indexed: {e}")
+        self.indexer = indexer
+        self.completer = Completer(lm, self.settings, indexer)
+        self.loaded.set_result(self.completer)
+        if indexer is None:
+            self.send_status(methods.StatusParams("ready", "no workspace index"))
+            return
+        await self._begin_progress()
+        threading.Thread(target=self._index, name="kvblend-index", daemon=True).start()
+
+    def _load(self):
+        from blend.loader import load_model
+
+        return load_model(self.options.model, device=self.options.device)
+
+    def _make_indexer(self, lm):
+        from indexer import Indexer, IndexerConfig, StoreConfig
+
+        tiers = ("memory", "disk", "redis") if self.options.redis_url else ("memory", "disk")
+        store = StoreConfig(tiers=tiers, redis_url=self.options.redis_url)
+        cfg = IndexerConfig(self.root, cache_dir=self.options.cache_dir, store=store)
+        return Indexer(cfg, lm, progress=self._on_progress)
+
+    def _index(self) -> None:
+        idx = self.indexer
+        try:
+            idx.start()
+            stats = idx.index()
+            msg = f"indexed {stats.files} files, {stats.chunks} chunks"
+            self._post(self._end_progress, msg)
+            self._post(self.send_status, methods.StatusParams("ready", msg))
+            if self.options.watch:
+                from indexer.watcher import Watcher
+
+                self.watcher = Watcher(idx).start()
+        except Exception as e:
+            log.exception("indexing failed")
+            self._post(self._end_progress, f"indexing failed: {e}")
+            self._post(self.send_status, methods.StatusParams("error", f"indexing failed: {e}"))
+
+    def shutdown(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.indexer is not None:
+            self.indexer.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- progress and status -------------------------------------------------------------------
+
+    def _supports_progress(self) -> bool:
+        window = self.server.client_capabilities.window
+        return bool(window and window.work_done_progress)
+
+    async def _begin_progress(self) -> None:
+        self.send_status(methods.StatusParams("indexing", "indexing workspace", 0, 0))
+        if not self._supports_progress():
+            return
+        try:
+            await self.server.work_done_progress.create_async(self._progress_token)
+        except Exception:  # the client refused: status notifications still report progress
+            log.info("client refused the progress token")
+            return
+        self._progress_active = True
+        self.server.work_done_progress.begin(
+            self._progress_token, types.WorkDoneProgressBegin(title="kvblend: indexing", percentage=0)
+        )
+
+    def _on_progress(self, p) -> None:  # precompute thread
+        now = time.monotonic()
+        if now - self._last_progress < 0.2 and p.done < p.total:
+            return
+        self._last_progress = now
+        self._post(self._report_progress, p.done, p.total)
+
+    def _report_progress(self, done: int, total: int) -> None:
+        self.send_status(methods.StatusParams("indexing", f"{done}/{total} chunks", done, total))
+        if self._progress_active:
+            pct = int(100 * done / total) if total else 100
+            self.server.work_done_progress.report(
+                self._progress_token, types.WorkDoneProgressReport(message=f"{done}/{total} chunks", percentage=pct)
+            )
+
+    def _end_progress(self, message: str) -> None:
+        if self._progress_active:
+            self._progress_active = False
+            self.server.work_done_progress.end(self._progress_token, types.WorkDoneProgressEnd(message=message))
+
+    def send_status(self, status: methods.StatusParams) -> None:
+        self.status = status
+        self.server.protocol.notify(methods.STATUS, status.to_json())
+
+    def show(self, kind: types.MessageType, message: str) -> None:
+        self.server.window_show_message(types.ShowMessageParams(type=kind, message=message))
+
+    def _post(self, fn, *args) -> None:
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    # -- settings ------------------------------------------------------------------------------
+
+    def change_settings(self, options: Any) -> None:
+        settings, warnings = Settings.from_options(options, base=self.settings)
+        for w in warnings:
+            self.show(types.MessageType.Warning, f"kvblend: {w}")
+        self.settings = settings
+        if self.completer is not None:
+            self.executor.submit(self.completer.update_settings, settings)
+
+    # -- completion ----------------------------------------------------------------------------
+
+    def document(self, uri: str):
+        doc = self.server.workspace.text_documents.get(uri)
+        if doc is None:
+            raise JsonRpcInvalidParams(f"unknown document {uri}: send textDocument/didOpen first")
+        return doc
+
+    async def complete(self, uri: str, position: types.Position, trigger: str) -> Completion | None:
+        """The completion for a request, or None when it was superseded or nothing can be completed."""
+        seq = next(self._seq)
+        self._latest[uri] = seq
+        self._cancel_warm(uri)
+        req = lsp_request(self.document(uri), position, self.root, trigger)
+        if "\x00" in req.text[max(0, req.cursor - 4096) : req.cursor + 4096]:
+            self.counters["binary_skipped"] += 1
+            return None
+        try:
+            if self.settings.debounce_ms:
+                await asyncio.sleep(self.settings.debounce_ms / 1000.0)
+            completer = await asyncio.wrap_future(self.loaded)
+            if self._superseded(uri, seq):
+                completer.stats.count("superseded")
+                return None
+            t0 = time.perf_counter()
+            result = await self.loop.run_in_executor(self.executor, completer.complete, req,
+                                                     lambda: self._superseded(uri, seq))  # fmt: skip
+        except asyncio.CancelledError:  # $/cancelRequest: stop the worker too
+            self._cancelled.add(seq)
+            raise
+        if result.stop_reason == "cancelled":
+            return None
+        self.last_latency_ms = round((time.perf_counter() - t0) * 1000.0, 1)
+        return result
+
+    def _superseded(self, uri: str, seq: int) -> bool:
+        return self._latest.get(uri) != seq or seq in self._cancelled
+
+    # -- idle warm-up --------------------------------------------------------------------------
+
+    def schedule_warm(self, uri: str, cursor: int | None) -> None:
+        """After an edit, once the document has been idle `warmup_ms`, prepare its next request's KV."""
+        if self.loop is None or not self.settings.warmup_ms or cursor is None:
+            return
+        self._cancel_warm(uri)
+        seq = self._latest.get(uri)
+        self._warm[uri] = self.loop.call_later(self.settings.warmup_ms / 1000.0, self._warm_now, uri, cursor, seq)
+
+    def _cancel_warm(self, uri: str) -> None:
+        handle = self._warm.pop(uri, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _warm_now(self, uri: str, cursor: int, seq: int | None) -> None:
+        self._warm.pop(uri, None)
+        if self.completer is None or self._latest.get(uri) != seq:
+            return
+        doc = self.server.workspace.text_documents.get(uri)
+        if doc is None or cursor > len(doc.source):
+            return
+        from lsp_server.convert import lsp_relative
+
+        req = CompletionRequest(lsp_relative(uri, self.root), doc.source, cursor, uri, doc.version)
+        fut = self.executor.submit(self.completer.warm, req)
+        fut.add_done_callback(_log_failure)
+
+    # -- files and feedback --------------------------------------------------------------------
+
+    def files_changed(self, uris: list[str]) -> None:
+        if self.indexer is None:
+            return
+        paths = [p for p in (lsp_path(u) for u in uris) if p is not None]
+        if paths:
+            fut = self.executor.submit(self.indexer.update, paths)
+            fut.add_done_callback(_log_failure)
+
+    def set_open(self) -> None:
+        if self.indexer is None:
+            return
+        paths = [p for p in (lsp_path(u) for u in self.server.workspace.text_documents) if p is not None]
+        self.indexer.set_open(paths)
+
+    def stats(self) -> dict:
+        out: dict[str, Any] = {"status": self.status.to_json(), "server": dict(sorted(self.counters.items()))}
+        if self.completer is not None:
+            out.update(self.completer.snapshot_stats())
+        shown, accepted = self.counters.get("shown", 0), self.counters.get("accepted", 0)
+        out["acceptance_rate"] = round(accepted / shown, 4) if shown else 0.0
+        return out
+
+
+def _log_failure(fut: concurrent.futures.Future) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("background task failed: %s", fut.exception())

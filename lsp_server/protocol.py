@@ -1,0 +1,35 @@
+"""The JSON-RPC protocol with one fix: a request whose params do not match its method's type gets an
+InvalidParams error response. pygls raises while decoding such a message, before any handler exists to
+answer it, so the client would wait forever for a response."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pygls.exceptions import JsonRpcException
+from pygls.protocol import LanguageServerProtocol
+
+log = logging.getLogger(__name__)
+
+
+class _Answered:
+    """A message already answered with an error while it was decoded."""
+
+
+class KvblendProtocol(LanguageServerProtocol):
+    def structure_message(self, data: dict[str, Any]):
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as exc:
+            if "id" in data and "method" in data:
+                log.warning("malformed %s request %r: %s", data["method"], data["id"], exc)
+                exc.message = f"invalid params for {data['method']}"
+                self._send_response(data["id"], error=exc.to_response_error())
+                return _Answered()
+            raise
+
+    def handle_message(self, message):
+        if isinstance(message, _Answered):
+            return
+        super().handle_message(message)

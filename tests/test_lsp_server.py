@@ -1,0 +1,254 @@
+"""End-to-end: the real `kvblend serve` subprocess driven over stdio by pytest-lsp, on a fixture workspace."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytest_lsp
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, LanguageClient
+
+from lsp_server.methods import plain
+
+SHAPES = '''"""Plane geometry helpers."""
+
+
+def compute_hypotenuse_length(a, b):
+    """Length of the hypotenuse of a right triangle with legs a and b."""
+    return (a * a + b * b) ** 0.5
+
+
+def rectangle_area(width, height):
+    return width * height
+'''
+
+MAIN = '''from geometry import shapes
+
+
+def diagonal(width, height):
+    """The diagonal of a width x height rectangle."""
+    return shapes.compute_hyp
+'''
+
+README = "# fixture\n\nA tiny workspace for the language server tests.\n"
+
+
+def make_workspace(root: Path) -> Path:
+    (root / "geometry").mkdir(parents=True)
+    (root / "geometry" / "__init__.py").write_text("")
+    (root / "geometry" / "shapes.py").write_text(SHAPES)
+    (root / "app").mkdir()
+    (root / "app" / "__init__.py").write_text("")
+    (root / "app" / "main.py").write_text(MAIN)
+    (root / "README.md").write_text(README)
+    (root / "blob.bin").write_bytes(bytes(range(256)) * 64)  # a binary file the indexer must skip
+    return root
+
+
+SERVER = [sys.executable, "-m", "kvblend", "serve"]
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER))
+async def client(lsp_client: LanguageClient, tmp_path):
+    root = make_workspace(tmp_path / "ws")
+    lsp_client.statuses = []
+    lsp_client.feature("kvblend/status")(lambda params: lsp_client.statuses.append(params))
+    caps = types.ClientCapabilities(window=types.WindowClientCapabilities(work_done_progress=True))
+    await lsp_client.initialize_session(
+        types.InitializeParams(
+            capabilities=caps,
+            root_uri=root.as_uri(),
+            workspace_folders=[types.WorkspaceFolder(uri=root.as_uri(), name="ws")],
+            initialization_options={"debounceMs": 20, "warmupMs": 0, "recomputeRatio": 7, "mode": "bogus"},
+        )
+    )
+    lsp_client.root = root
+    await wait_ready(lsp_client)
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def stats(client: LanguageClient) -> dict:
+    return plain(await client.protocol.send_request_async("kvblend/stats", {}))
+
+
+async def wait_ready(client: LanguageClient, timeout: float = 120.0) -> dict:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        s = await stats(client)
+        state = s["status"]["state"]
+        if state == "ready":
+            return s
+        assert state != "error", s["status"]
+        await asyncio.sleep(0.2)
+    raise AssertionError("server did not become ready")
+
+
+async def send_raw(client: LanguageClient, msg_id: str, method: str, params) -> object:
+    """Send a request as raw JSON (no client-side typing) and await its response."""
+    fut: concurrent.futures.Future = concurrent.futures.Future()
+    client.protocol._request_futures[msg_id] = fut
+    body = json.dumps({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
+    client.protocol.writer.write(f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+    return await asyncio.wait_for(asyncio.wrap_future(fut), timeout=30)
+
+
+def open_doc(client: LanguageClient, path: Path, text: str | None = None, version: int = 1) -> str:
+    uri = path.as_uri()
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(
+            text_document=types.TextDocumentItem(
+                uri=uri, language_id="python", version=version, text=path.read_text() if text is None else text
+            )
+        )
+    )
+    return uri
+
+
+def inline(client: LanguageClient, uri: str, line: int, character: int):
+    return client.text_document_inline_completion_async(
+        types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            position=types.Position(line=line, character=character),
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+        )
+    )
+
+
+async def test_cross_file_identifier_in_blended_context(client: LanguageClient, record_property):
+    # Invalid initializationOptions: defaults kept, one warning shown per problem, and the server works.
+    warnings = [m.message for m in client.messages if m.type == types.MessageType.Warning]
+    assert any("recompute_ratio" in w for w in warnings) and any("mode" in w for w in warnings), warnings
+    s = await stats(client)
+    assert s["settings"]["recompute_ratio"] == 0.15 and s["settings"]["mode"] == "blend"
+    # Indexing reported $/progress from begin to end and kvblend/status up to ready.
+    reports = client.progress_reports["kvblend-indexing"]
+    assert isinstance(reports[0], types.WorkDoneProgressBegin) and isinstance(reports[-1], types.WorkDoneProgressEnd)
+    assert client.statuses and client.statuses[-1].state == "ready"
+
+    uri = open_doc(client, client.root / "app" / "main.py")
+    last = MAIN.rstrip("\n").split("\n")
+    result = await inline(client, uri, len(last) - 1, len(last[-1]))
+    s = await stats(client)
+    context = s["last"]["context"]
+    assert any(c.startswith("geometry/shapes.py:") for c in context), context
+    assert s["last"]["kv_path"] == "blend"
+    assert s["last"]["tokens_reused"] > 0
+    text = result.items[0].insert_text if result.items else ""
+    completed = text.startswith("otenuse_length")
+    record_property("completed_identifier", completed)
+    print(f"\ncross-file completion: {text!r} (identifier completed: {completed})")
+
+
+async def test_newer_request_supersedes_older(client: LanguageClient):
+    path = client.root / "app" / "main.py"
+    uri = open_doc(client, path)
+    before = (await stats(client))["counters"]
+    lines = MAIN.rstrip("\n").split("\n")
+    line, col = len(lines) - 1, len(lines[-1])
+    pending, sent_at, version = [], [], 1
+    for i in range(20):
+        version += 1
+        ch = "ena"[i % 3]
+        client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+                content_changes=[
+                    types.TextDocumentContentChangePartial(
+                        range=types.Range(types.Position(line, col), types.Position(line, col)), text=ch
+                    )
+                ],
+            )
+        )
+        col += 1
+        sent_at.append(time.perf_counter())
+        pending.append(asyncio.ensure_future(inline(client, uri, line, col)))
+    answered_at = [None] * 20
+    for i, fut in enumerate(pending):
+        fut.add_done_callback(lambda _f, i=i: answered_at.__setitem__(i, time.perf_counter()))
+    results = await asyncio.gather(*pending)
+    after = (await stats(client))["counters"]
+    assert after.get("finished", 0) - before.get("finished", 0) == 1
+    assert after.get("superseded", 0) - before.get("superseded", 0) == 19
+    assert all(not r.items for r in results[:-1])
+    # A superseded request answers without waiting for the one that replaced it to finish.
+    waits = [answered_at[i] - sent_at[i] for i in range(19)]
+    assert max(waits) < 5.0, waits
+
+
+async def test_bad_input_gets_errors_and_server_keeps_serving(client: LanguageClient):
+    # A malformed request (params of the wrong shape), written raw: the typed client could not send it.
+    with pytest.raises(Exception) as err:
+        await send_raw(client, "bad-1", "textDocument/inlineCompletion", {"textDocument": 5})
+    assert "nvalid" in str(err.value) or "-32602" in str(err.value), err.value
+    with pytest.raises(Exception) as err:
+        await send_raw(client, "bad-2", "kvblend/noSuchMethod", {})
+    assert "-32601" in str(err.value) or "not found" in str(err.value).lower(), err.value
+    # A document the client never opened.
+    with pytest.raises(Exception, match="unknown document"):
+        await inline(client, (client.root / "nope.py").as_uri(), 0, 0)
+    # A position past the end of a document.
+    uri = open_doc(client, client.root / "app" / "main.py")
+    with pytest.raises(Exception, match="outside"):
+        await inline(client, uri, 500, 0)
+    # Malformed custom notifications are logged, not fatal.
+    client.protocol.notify("kvblend/didAcceptCompletion", {"uri": 3})
+
+    # A 5 MB document: answered within the time budget, neither crash nor stall.
+    big_path = client.root / "big.py"
+    body = "".join(f"value_{i} = compute({i}, {i + 1})\n" for i in range(200_000))[: 5 << 20]
+    big_uri = open_doc(client, big_path, text=body)
+    t0 = time.perf_counter()
+    lines = body.split("\n")
+    await asyncio.wait_for(inline(client, big_uri, len(lines) // 2, 4), timeout=60)
+    print(f"\n5 MB document answered in {time.perf_counter() - t0:.2f} s")
+    # A binary document: no suggestion, no crash.
+    bin_uri = open_doc(client, client.root / "blob.bin", text="\x00\x01\x02 binary \x00 data\n")
+    result = await inline(client, bin_uri, 0, 3)
+    assert not result.items
+
+    # Still serving: a normal request completes and the stats answer.
+    result = await inline(client, uri, 5, len("    return shapes.compute_hyp"))
+    assert isinstance(result, types.InlineCompletionList)
+    s = await stats(client)
+    assert s["counters"]["finished"] >= 2
+    assert s["server"].get("binary_skipped", 0) == 1
+
+
+async def test_completion_fallback_settings_and_feedback(client: LanguageClient):
+    uri = open_doc(client, client.root / "app" / "main.py")
+    # A valid configuration change applies; an invalid value is refused with a warning.
+    n_warn = len(client.messages)
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"kvblend": {"maxLineTokens": 8, "fimOrder": "sideways"}})
+    )
+    s = await stats(client)
+    assert s["settings"]["max_line_tokens"] == 8 and s["settings"]["fim_order"] == "auto"
+    assert any("fim_order" in m.message for m in client.messages[n_warn:])
+    # textDocument/completion: one item inserting the same text inline completion would show.
+    completion = await client.text_document_completion_async(
+        types.CompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=5, character=29)
+        )
+    )
+    s = await stats(client)
+    if completion.items:
+        item = completion.items[0]
+        assert item.text_edit.range.start == types.Position(line=5, character=29)
+        assert item.text_edit.new_text
+    else:
+        assert s["last"]["stop_reason"] in ("eos", "stop", "max_tokens")
+    # Feedback notifications are counted; a partial accept is recognised.
+    client.protocol.notify("kvblend/didShowCompletion", {"uri": uri, "text": "otenuse_length(a, b)"})
+    client.protocol.notify("kvblend/didAcceptCompletion", {"uri": uri, "text": "otenuse_length(a, b)", "acceptedLength": 7})
+    s = await stats(client)
+    assert s["server"]["shown"] == 1 and s["server"]["accepted"] == 1 and s["server"]["accepted_partial"] == 1
+    assert s["server"]["accepted_chars"] == 7 and s["acceptance_rate"] == 1.0
+    assert s["stores"]["index_chunks"] >= 3
+    assert "blob.bin" not in " ".join(s["last"]["context"])
