@@ -12,13 +12,13 @@ from pygls.lsp.server import LanguageServer
 from kvblend import __version__
 from lsp_server import methods
 from lsp_server.backend import Backend, ServerOptions
-from lsp_server.protocol import KvblendProtocol
 from lsp_server.convert import (
     lsp_change_cursor,
     lsp_completion_items,
     lsp_inline_items,
     lsp_trigger,
 )
+from lsp_server.protocol import KvblendProtocol
 
 log = logging.getLogger(__name__)
 

@@ -245,8 +245,9 @@ async def test_completion_fallback_settings_and_feedback(client: LanguageClient)
     else:
         assert s["last"]["stop_reason"] in ("eos", "stop", "max_tokens")
     # Feedback notifications are counted; a partial accept is recognised.
-    client.protocol.notify("kvblend/didShowCompletion", {"uri": uri, "text": "otenuse_length(a, b)"})
-    client.protocol.notify("kvblend/didAcceptCompletion", {"uri": uri, "text": "otenuse_length(a, b)", "acceptedLength": 7})
+    shown = {"uri": uri, "text": "otenuse_length(a, b)"}
+    client.protocol.notify("kvblend/didShowCompletion", shown)
+    client.protocol.notify("kvblend/didAcceptCompletion", shown | {"acceptedLength": 7})
     s = await stats(client)
     assert s["server"]["shown"] == 1 and s["server"]["accepted"] == 1 and s["server"]["accepted_partial"] == 1
     assert s["server"]["accepted_chars"] == 7 and s["acceptance_rate"] == 1.0
