@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--repeats", type=int, default=3)
     bi.add_argument("--json", action="store_true", help="print one JSON object")
 
+    bl = bsub.add_parser("lsp", help="replay a typing session against kvblend serve: time to suggestion")
+    _model_args(bl)
+    bl.add_argument("--keystrokes", type=int, default=200)
+    bl.add_argument("--configs", default="kvblend,full", help="comma-separated: kvblend (defaults), full")
+    bl.add_argument("--json", action="store_true", help="print one JSON object")
+
     ix = sub.add_parser("index", help="index a workspace and precompute its chunk KV")
     _model_args(ix)
     ix.add_argument("path", type=Path, help="the workspace root")
@@ -113,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             if args.bench == "index":
                 return _bench_index(args)
+            if args.bench == "lsp":
+                return _bench_lsp(args)
             return _bench_blend(args) if args.bench == "blend" else _bench_engine(args)
     except ValueError as e:  # boundary errors (config, checkpoint, input) carry a message for the user
         print(f"kvblend: error: {e}", file=sys.stderr)
@@ -298,6 +306,16 @@ def _bench_index(args: argparse.Namespace) -> int:
     if not args.path.is_dir():
         raise ValueError(f"not a directory: {args.path}")
     return _print(bench_index(args.model, args.path, args.device, args.repeats), args.json)
+
+
+def _bench_lsp(args: argparse.Namespace) -> int:
+    from kvblend.bench_lsp import CONFIGS, bench_lsp
+
+    configs = tuple(c for c in args.configs.split(",") if c)
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        raise ValueError(f"unknown configs {unknown} (expected some of {list(CONFIGS)})")
+    return _print(bench_lsp(args.model, args.keystrokes, configs), args.json)
 
 
 def _print(result: dict, as_json: bool) -> int:

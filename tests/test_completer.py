@@ -1,0 +1,193 @@
+"""The Completer end to end on the bundled model and a small workspace."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from blend.loader import load_model
+from indexer import Indexer, IndexerConfig
+from kvblend.completer import Completer, CompletionRequest
+from kvblend.settings import Settings
+
+HELPERS = '''"""String helpers."""
+
+
+def normalize_customer_name(name):
+    """Strip and title-case a customer name."""
+    return name.strip().title()
+
+
+def format_invoice_total(amount, currency="EUR"):
+    return f"{amount:.2f} {currency}"
+'''
+
+APP = """from shop import helpers
+
+
+def greeting(raw_name):
+    name = helpers.normalize_customer_name(raw_name)
+    return "Hello, " + name
+
+
+def receipt(amount):
+    total = helpers.format_invoice_total(amount)
+    return total
+"""
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return load_model(None)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shop_ws")
+    (root / "shop").mkdir()
+    (root / "shop" / "__init__.py").write_text("")
+    (root / "shop" / "helpers.py").write_text(HELPERS)
+    (root / "shop" / "app.py").write_text(APP)
+    (root / "README.md").write_text("# shop\n\nHelpers for a small shop.\n")
+    (root / ".env").write_text("API_TOKEN=ghp_abcdefghijklmnopqrstuvwxyz0123456789\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def indexer(lm, workspace):
+    idx = Indexer(IndexerConfig(workspace), lm)
+    idx.index()
+    yield idx
+    idx.close()
+
+
+def request(text: str, marker: str, path: str = "shop/app.py", extra: str = "") -> CompletionRequest:
+    cursor = text.index(marker) + len(marker)
+    text = text[:cursor] + extra + text[cursor:]
+    return CompletionRequest(path, text, cursor + len(extra))
+
+
+def test_context_holds_the_imported_file(lm, indexer):
+    c = Completer(lm, Settings(), indexer)
+    r = c.complete(request(APP, "return total"))
+    assert any(x.startswith("shop/helpers.py:") for x in r.context), r.context
+    assert r.kv_path == "blend" and r.tokens_reused > 0
+    assert set(r.timings_ms) >= {"prompt", "retrieve", "kv_load", "blend", "decode", "total"}
+    assert ".env" not in " ".join(r.context)
+
+
+@pytest.mark.parametrize("mode", ["full", "blend"])
+def test_session_reuse_equals_rebuilding(lm, indexer, mode):
+    """Typing on: the session path (truncate to the common prefix, prefill the rest) gives the same
+    greedy completion as building the same context from scratch for the final text."""
+    settings = Settings(mode=mode, max_line_tokens=16, max_tokens=16, multiline="never")
+    warm = Completer(lm, settings, indexer)
+    cold = Completer(lm, dataclasses_replace(settings, session_reuse=False), indexer)
+    texts = [request(APP, "    name = helpers.", extra=typed) for typed in ("", "n", "no", "nor")]
+    for req in texts:
+        r = warm.complete(req)
+    assert r.kv_path == "session" and r.tokens_prefilled <= 6 and r.tokens_reused > 100
+    ref = cold.complete(texts[-1])
+    assert ref.kv_path == mode
+    assert r.text == ref.text
+
+
+def test_session_prefill_matches_logits(lm, indexer):
+    """The logits of the session path equal a fresh full prefill of the same tokens (mode full)."""
+    settings = Settings(mode="full", max_line_tokens=1, multiline="never")
+    c = Completer(lm, settings, indexer)
+    a = request(APP, "    name = helpers.")
+    b = request(APP, "    name = helpers.", extra="norm")
+    c.complete(a)
+    timings: dict = {}
+    logits, session, n, info = c._prepare(b, timings)
+    assert info["kv_path"] == "session"
+    tokens = torch.tensor(session.tokens[:n])
+    ref = lm.model.prefill(tokens, lm.model.new_cache(n))
+    torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_typed_through_and_repeat_answer_without_the_model(lm, indexer):
+    c = Completer(lm, Settings(mode="naive", max_line_tokens=12, multiline="never"), indexer)
+    req = request(APP, "    total = ")
+    first = c.complete(req)
+    assert first.source == "model"
+    # What the cache answers does not depend on what the model said: pin the shown suggestion.
+    shown = "helpers.format_invoice_total(amount)"
+    c._remember(req, shown)
+    again = c.complete(req)
+    assert (again.source, again.text) == ("cache", shown)
+    nxt = c.complete(request(APP, "    total = ", extra="help"))
+    assert (nxt.source, nxt.text) == ("typed_through", shown[4:])
+    # Typing something else, or the same at another place, is not a hit.
+    assert c.complete(request(APP, "    total = ", extra="hx")).source == "model"
+    assert c.complete(request(APP, "    name = ", extra="help")).source == "model"
+    # Typed all of it: nothing left to show from the cache, the model is asked.
+    assert c.complete(request(APP, "    total = ", extra=shown)).source == "model"
+    counters = c.snapshot_stats()["counters"]
+    assert counters["cache_hits"] == 1 and counters["typed_through_hits"] == 1
+
+
+def test_cancelled_request_stops_between_decode_steps(lm, indexer):
+    c = Completer(lm, Settings(max_tokens=64, multiline="always"), indexer)
+    calls = []
+
+    def cancelled():
+        calls.append(1)
+        return len(calls) > 3  # true from the 4th poll on: after the model started decoding
+
+    r = c.complete(request(APP, "def receipt(amount):\n"), cancelled)
+    assert r.stop_reason == "cancelled" and r.text == ""
+    assert c.snapshot_stats()["counters"]["superseded"] == 1
+    # Cancelled before the model runs: nothing computed.
+    r2 = c.complete(request(APP, "def greeting(raw_name):\n"), lambda: True)
+    assert r2.stop_reason == "cancelled" and "decode" not in r2.timings_ms
+
+
+def test_secrets_are_never_completed(lm, indexer):
+    c = Completer(lm, Settings(), indexer)
+    r = c.complete(CompletionRequest(".env", "API_TOKEN=", 10))
+    assert (r.text, r.stop_reason) == ("", "skipped")
+    key = "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n"
+    r = c.complete(CompletionRequest("shop/keys.py", key, len(key)))
+    assert r.stop_reason == "skipped"
+
+
+def test_time_budget_and_bad_cursor(lm, indexer):
+    c = Completer(lm, Settings(time_budget_ms=1, max_tokens=64, multiline="always"), indexer)
+    r = c.complete(request(APP, "def receipt(amount):\n"))
+    assert r.stop_reason in ("time", "eos", "stop")
+    with pytest.raises(ValueError, match="cursor"):
+        c.complete(CompletionRequest("shop/app.py", "abc", 9))
+
+
+def test_no_index_local_prompt_only(lm):
+    c = Completer(lm, Settings(), None)
+    r = c.complete(request(APP, "    return total"))
+    assert r.context == [] and r.kv_path == "full"
+
+
+def test_cli_complete_prints_only_the_text(workspace):
+    app = workspace / "shop" / "app.py"
+    line = APP.split("\n").index("    return total") + 1
+    args = [sys.executable, "-m", "kvblend", "complete", "--settings", '{"timeBudgetMs": 600000}', "--file", str(app)]
+    args += ["--line", str(line), "--col", "17"]  # no time budget: the two runs must agree
+    out = subprocess.run([*args, "--workspace", str(workspace), "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    result = json.loads(out.stdout)
+    assert any(c.startswith("shop/helpers.py") for c in result["context"])
+    plain = subprocess.run([*args, "--workspace", str(workspace)], capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0 and plain.stdout == result["text"]
+    bad = subprocess.run([*args[:-1], "99"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "column 99 outside line" in bad.stderr
+
+
+def dataclasses_replace(settings: Settings, **kw) -> Settings:
+    import dataclasses
+
+    return dataclasses.replace(settings, **kw)
