@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from kvblend import cli_ledger
+
 log = logging.getLogger(__name__)
 
 # Subcommands that later work owns; they exist so scripts and docs can name them already.
@@ -65,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--max-chunk-tokens", type=int, default=512)
     ix.add_argument("--json", action="store_true", help="print one JSON object")
 
+    cli_ledger.add_parser(sub, bsub)
+
     for name, text in PLANNED.items():
         sub.add_parser(name, help=f"{text} (not implemented yet)", add_help=False)
     return p
@@ -85,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         print(f"kvblend: unrecognized arguments: {' '.join(rest)}", file=sys.stderr)
         return 2
+    if args.command == "ledger" or getattr(args, "bench", None) == "ledger":
+        return cli_ledger.run(args)
     try:
         if args.command == "generate":
             return _generate(args)

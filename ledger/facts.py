@@ -37,6 +37,7 @@ class Session:
     id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:12])
     touched: dict[str, Touch] = dataclasses.field(default_factory=dict)  # path -> Touch, first touch first
     edits: int = 0  # allowed edits
+    lines_changed: int = 0  # over all files, kept as a running sum (read on every decision)
 
     def record(self, changes: list[FileChange]) -> None:
         for c in changes:
@@ -50,10 +51,7 @@ class Session:
         t = self.touched.setdefault(path, Touch(op, 0))
         t.op = op
         t.lines += lines
-
-    @property
-    def lines_changed(self) -> int:
-        return sum(t.lines for t in self.touched.values())
+        self.lines_changed += lines
 
     def lines_matching(self, globs: GlobSet | None) -> int:
         """Lines changed in files matching `globs` (all files when None)."""

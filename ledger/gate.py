@@ -165,9 +165,15 @@ class Gate:
                 decision = Decision("allow", [*decision.reasons, Reason("approved", "a person approved this edit")])
             return self._record(decision, changes)
 
-    def check_patch(self, text: str, approved: bool = False) -> tuple[Decision, list[FileChange]]:
+    def check_patch(self, text: str | bytes, approved: bool = False) -> tuple[Decision, list[FileChange]]:
         """Parse the unified diff `text` against the workspace and check it; a patch that cannot be parsed or
         names a path outside the workspace is denied (and logged) like any other edit."""
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as e:
+                msg = f"the patch is not UTF-8 text (byte {e.start}); binary patches cannot be checked"
+                return self._reject([Reason("patch", msg)], text.decode("utf-8", errors="replace")), []
         try:
             hard = []
             for op, path in patch_targets(text):  # judge the paths before reading any file
@@ -181,7 +187,8 @@ class Gate:
         except PathError as e:
             return self._reject([Reason("workspace", _path_message(e), e.path)], text), []
         except PatchError as e:
-            return self._reject(Reason("patch", f"{e} — send a text diff whose hunks apply exactly", e.path), text), []
+            reason = Reason("patch", f"{e} — send a text diff whose hunks apply exactly", e.path)
+            return self._reject([reason], text), []
         return self.check(changes, approved), changes
 
     def apply(self, changes: list[FileChange], approved: bool = False) -> Decision:
@@ -191,7 +198,7 @@ class Gate:
             self._write(changes)
         return decision
 
-    def apply_patch(self, text: str, approved: bool = False) -> Decision:
+    def apply_patch(self, text: str | bytes, approved: bool = False) -> Decision:
         decision, changes = self.check_patch(text, approved)
         if decision.allowed:
             self._write(changes)
