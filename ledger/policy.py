@@ -161,19 +161,21 @@ class Rule:
 
     def summary(self) -> str:
         """One line for the ledger's constraints block."""
-        what = []
-        if self.ops:
-            what.append("/".join(self.ops))
+        line = f"{self.decision} {'/'.join(self.ops) or 'changes'}"
         if self.paths:
-            what.append("of " + ", ".join(self.paths))
+            line += f" in {', '.join(self.paths)}"
+        if self.content_regexes:
+            line += " adding " + ", ".join(label.replace("_", " ") for label, _ in self.content_regexes)
         if self.requires:
-            what.append(f"without {', '.join(self.requires)} in the same {self.requires_in}")
-        for label, _ in self.content_regexes:
-            what.append(f"adding {label}")
-        for f in _LIMIT_FIELDS:
+            line += f" without {', '.join(self.requires)} in the same {self.requires_in}"
+        for f, unit in (
+            ("max_lines_per_edit", "lines per edit"),
+            ("max_lines_per_session", "lines per session"),
+            ("max_file_bytes", "bytes per file"),
+        ):
             if getattr(self, f) is not None:
-                what.append(f"{f.replace('_', ' ')} > {getattr(self, f)}")
-        line = f"{self.decision} {' '.join(what) or 'every change'} [{self.name}]"
+                line += f" over {getattr(self, f)} {unit}"
+        line += f" [{self.name}]"
         return f"{line}: {self.reason}" if self.reason else line
 
 
