@@ -373,6 +373,7 @@ def parse_unified_diff(text: str, repo_root: str | Path, max_read_bytes: int = M
         if fp.old is None and fp.new is None:
             raise PatchError("cannot tell which file this section changes", fp.line)
         changed = sum(h.changed for h in fp.hunks)
+        target = None
         if fp.created or fp.old is None:
             path = fp.new or ""
             wp = confine(repo_root, path)
@@ -397,8 +398,7 @@ def parse_unified_diff(text: str, repo_root: str | Path, max_read_bytes: int = M
                 change = FileChange("rename", fp.old, fp.new, old, new, changed)
             else:
                 change = FileChange("edit", fp.old, None, old, new, changed)
-        for p in change.paths:
-            key = confine(repo_root, p).real
+        for p, key in zip(change.paths, (wp.real, target.real if target else ""), strict=False):
             if key in seen:
                 raise PatchError(f"{p} is changed twice in one patch; merge the sections", fp.line, p)
             seen.add(key)

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 _PROTECTED = [(p, GlobSet([p], ignore_case=True)) for p in PROTECTED_PATHS]
 _SECRET_FILES = [(p, GlobSet([p], ignore_case=True)) for p in SECRET_NAMES]
+_ANY_BUILTIN = GlobSet(PROTECTED_PATHS + SECRET_NAMES, ignore_case=True)  # one test first; which one only on a hit
 _VERB = {"edit": "editing", "create": "creating", "delete": "deleting", "rename": "renaming"}
 
 
@@ -403,6 +404,8 @@ def _path_reasons(op: str, wp: WorkspacePath) -> list[Reason]:
     for form in wp.forms:
         via = f" (through the symlink {wp.rel})" if form != wp.rel else ""
         for cand in dict.fromkeys((form, _strip_segments(form))):
+            if not _ANY_BUILTIN.matches(cand):
+                continue
             hit = next((p for p, g in _PROTECTED if g.matches(cand)), None)
             if hit:
                 protected = " and ".join(p + "/" for p in PROTECTED_PATHS)

@@ -16,6 +16,7 @@ matching pattern wins, and a path inside a matched directory is matched (it cann
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -73,14 +74,19 @@ class WorkspacePath:
 def confine(root: str | Path, path: str) -> WorkspacePath:
     """Normalize `path` and resolve it under `root`; PathError when it or a symlink on its way leaves `root`."""
     rel = normalize(path)
-    real_root = os.path.realpath(root)
+    real_root = _real_root(os.fspath(root))
     real = os.path.realpath(os.path.join(real_root, rel))
-    if real != real_root and not real.startswith(real_root + os.sep):
-        raise PathError(path, "resolves (through a symlink) outside the workspace")
-    real_rel = os.path.relpath(real, real_root).replace(os.sep, "/")
-    if real_rel == ".":
+    if real == real_root:
         raise PathError(path, "resolves to the workspace root, not a file")
+    if not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise PathError(path, "resolves (through a symlink) outside the workspace")
+    real_rel = real[len(real_root.rstrip(os.sep)) + 1 :].replace(os.sep, "/")
     return WorkspacePath(rel, real_rel, Path(real))
+
+
+@functools.lru_cache(maxsize=64)
+def _real_root(root: str) -> str:
+    return os.path.realpath(root)
 
 
 def _translate(pat: str) -> str:
@@ -131,6 +137,7 @@ class GlobSet:
         self.patterns = tuple(patterns)
         flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
         self._globs: list[_Glob] = []
+        self._any: tuple[re.Pattern[str], re.Pattern[str]] | None = None  # (files, dirs) when nothing negates
         for raw in patterns:
             pat = raw.strip()
             negate = pat.startswith("!")
@@ -144,6 +151,10 @@ class GlobSet:
             if not anchored:
                 regex = "(?:.*/)?" + regex
             self._globs.append(_Glob(re.compile(f"^{regex}$", flags), negate, dir_only))
+        if self._globs and not any(g.negate for g in self._globs):
+            files = "|".join(f"(?:{g.regex.pattern})" for g in self._globs if not g.dir_only) or "(?!)"
+            dirs = "|".join(f"(?:{g.regex.pattern})" for g in self._globs)
+            self._any = (re.compile(files, flags), re.compile(dirs, flags))
 
     def _state(self, rel: str, is_dir: bool) -> bool:
         hit = False
@@ -154,6 +165,16 @@ class GlobSet:
 
     def matches(self, rel: str) -> bool:
         """True when file `rel`, or a directory above it, is matched."""
+        if self._any is not None:  # one alternation per prefix instead of one regex per pattern
+            files, dirs = self._any
+            if files.match(rel):
+                return True
+            i = rel.find("/")
+            while i > 0:
+                if dirs.match(rel, 0, i):
+                    return True
+                i = rel.find("/", i + 1)
+            return False
         parts = rel.split("/")
         for depth in range(1, len(parts)):
             if self._state("/".join(parts[:depth]), True):
