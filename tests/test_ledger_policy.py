@@ -176,3 +176,23 @@ def test_import_ledger_does_not_import_torch():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_the_documented_example_parses(tmp_path):
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "ledger" / "POLICY.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    p = parse_policy(tomllib.loads(example))
+    assert [r.name for r in p.rules][:6] == [
+        "vendor-read-only", "our-vendor-patches", "no-src-without-tests", "no-unsafe-python",
+        "no-literal-passwords", "migrations-need-review",
+    ]  # fmt: skip
+    assert {r.name: r.max_lines_per_edit for r in p.rules}["limits.max_lines_per_edit"] == 400
+    documented_error = doc.split("```\n.kvblend/policy.toml: ", 1)[1].split("\n", 1)[0]
+    f = tmp_path / "policy.toml"
+    f.write_text('[[rule]]\nname="a"\ndecision="deny"\n[[rule]]\nname="b"\ndecision="deny"\n'
+                 '[[rule]]\nname="no-pickle"\ndecision="deny"\nops=["write"]\n')  # fmt: skip
+    with pytest.raises(PolicyError) as e:
+        load_policy(tmp_path, f)
+    assert str(e.value) == f"{f}: {documented_error}"
