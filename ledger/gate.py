@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 _PROTECTED = [(p, GlobSet([p], ignore_case=True)) for p in PROTECTED_PATHS]
 _SECRET_FILES = [(p, GlobSet([p], ignore_case=True)) for p in SECRET_NAMES]
 _ANY_BUILTIN = GlobSet(PROTECTED_PATHS + SECRET_NAMES, ignore_case=True)  # one test first; which one only on a hit
+_Trigger = tuple[str, str]  # (what fired, what the agent can do instead)
 _VERB = {"edit": "editing", "create": "creating", "delete": "deleting", "rename": "renaming"}
 
 
@@ -286,61 +287,59 @@ class Gate:
         decision = next(d for d, s in SEVERITY.items() if s == worst)
         return Decision(decision, _dedupe([r for s, r in per_change if s == worst]))
 
-    def _rule_matches(self, ctxs: list[_Ctx]) -> list[list[tuple[Rule, str]]]:
-        """For each change, the rules that match it with the trigger text of each."""
+    def _rule_matches(self, ctxs: list[_Ctx]) -> list[list[tuple[Rule, _Trigger]]]:
+        """For each change, the rules that match it, each with what fired."""
         assert self.policy is not None
-        out: list[list[tuple[Rule, str]]] = [[] for _ in ctxs]
+        out: list[list[tuple[Rule, _Trigger]]] = [[] for _ in ctxs]
         for rule in self.policy.rules:
             scope = [k for k, ctx in enumerate(ctxs) if _in_scope(rule, ctx)]
             if not scope:
                 continue
-            edit_lines = sum(ctxs[k].change.lines_changed for k in scope)
-            where = f" under {', '.join(rule.paths)}" if rule.paths else ""
-            aggregate: str | None = ""  # "" = no aggregate matcher; None = an aggregate matcher does not hold
-            if rule.max_lines_per_edit is not None:
-                lim = rule.max_lines_per_edit
-                aggregate = (
-                    (
-                        f"this edit changes {edit_lines} lines{where}, limit {lim}|split it into edits of at most "
-                        f"{lim} lines"
-                    )
-                    if edit_lines > lim
-                    else None
-                )
-            if rule.max_lines_per_session is not None and aggregate is not None:
-                lim, used = rule.max_lines_per_session, self.session.lines_matching(rule.path_globs)
-                aggregate = (
-                    (
-                        f"the session already changed {used} lines{where} and this edit changes {edit_lines}, "
-                        f"limit {lim} per session|at most {max(lim - used, 0)} more lines fit in this session; "
-                        "have the work reviewed and start a new session"
-                    )
-                    if used + edit_lines > lim
-                    else None
-                )
-            if rule.require_globs is not None and aggregate is not None:
-                if rule.requires_in == "session":
-                    pool = [p for p in self.session.touched] + [f for ctx in ctxs for f in ctx.forms]
-                else:
-                    pool = [f for ctx in ctxs for f in ctx.forms]
-                found = any(rule.require_globs.matches(p) for p in pool)
-                req = ", ".join(rule.requires)
-                aggregate = (
-                    None
-                    if found
-                    else (
-                        f"a change{where} must also touch {req} in the same {rule.requires_in}|add a change to a file "
-                        f"matching {req} to this edit"
-                    )
-                )
-            if aggregate is None:
+            edit_trigger = self._edit_trigger(rule, [ctxs[k] for k in scope], ctxs)
+            if edit_trigger is False:
                 continue
             for k in scope:
                 trigger = _change_trigger(rule, ctxs[k])
-                if trigger is None:
-                    continue
-                out[k].append((rule, aggregate or trigger))
+                if trigger is not None:
+                    out[k].append((rule, edit_trigger or trigger))
         return out
+
+    def _edit_trigger(self, rule: Rule, scope: list[_Ctx], ctxs: list[_Ctx]) -> _Trigger | None | bool:
+        """The edit-wide matchers (line limits, companions): False when one does not hold, None when the rule
+        sets none, else what fired (the last of them)."""
+        lines = sum(ctx.change.lines_changed for ctx in scope)
+        where = f" under {', '.join(rule.paths)}" if rule.paths else ""
+        fired: _Trigger | None = None
+        if rule.max_lines_per_edit is not None:
+            lim = rule.max_lines_per_edit
+            if lines <= lim:
+                return False
+            fired = (
+                f"this edit changes {lines} lines{where}, limit {lim}",
+                f"split it into edits of at most {lim} lines",
+            )
+        if rule.max_lines_per_session is not None:
+            lim, used = rule.max_lines_per_session, self.session.lines_matching(rule.path_globs)
+            if used + lines <= lim:
+                return False
+            fired = (
+                f"the session already changed {used} lines{where} and this edit changes {lines}, limit {lim} per "
+                "session",
+                f"at most {max(lim - used, 0)} more lines fit in this session; have the work reviewed and start a "
+                "new session",
+            )
+        if rule.require_globs is not None:
+            pool = [f for ctx in ctxs for f in ctx.forms]
+            if rule.requires_in == "session":
+                pool += list(self.session.touched)
+            if any(rule.require_globs.matches(p) for p in pool):
+                return False
+            req = ", ".join(rule.requires)
+            fired = (
+                f"a change{where} must also touch {req} in the same {rule.requires_in}",
+                f"add a change to a file matching {req} to this {rule.requires_in}",
+            )
+        return fired
 
 
 def _in_scope(rule: Rule, ctx: _Ctx) -> bool:
@@ -349,28 +348,27 @@ def _in_scope(rule: Rule, ctx: _Ctx) -> bool:
     return rule.path_globs is None or any(rule.path_globs.matches(f) for f in ctx.forms)
 
 
-def _change_trigger(rule: Rule, ctx: _Ctx) -> str | None:
-    """'what fired|what to do', from the per-change matchers; None when one of them does not hold."""
+def _change_trigger(rule: Rule, ctx: _Ctx) -> _Trigger | None:
+    """What fired, from the per-change matchers (content, file size, else scope); None when one does not hold."""
     c = ctx.change
-    parts: list[str] = []
-    for label, regex in rule.content_regexes:
-        if ctx.added.search(regex):
-            parts.append(f"the added lines of {c.new_path or c.path} contain {label.replace('_', ' ')}|remove it")
-            break
-    else:
-        if rule.content_regexes:
+    target = c.new_path or c.path
+    fired: _Trigger | None = None
+    if rule.content_regexes:
+        label = next((label for label, regex in rule.content_regexes if ctx.added.search(regex)), None)
+        if label is None:
             return None
+        fired = (f"the added lines of {target} contain {label.replace('_', ' ')}", "remove it")
     if rule.max_file_bytes is not None:
         size = len(c.new_text.encode("utf-8")) if c.new_text is not None else 0
         if size <= rule.max_file_bytes:
             return None
-        parts.append(
-            f"the new {c.new_path or c.path} is {size} bytes, limit {rule.max_file_bytes}|keep it under "
-            f"{rule.max_file_bytes} bytes (split the file, or keep generated data out of the repository)"
+        fired = (
+            f"the new {target} is {size} bytes, limit {rule.max_file_bytes}",
+            f"keep it under {rule.max_file_bytes} bytes (split the file, or keep generated data out of the repository)",
         )
-    if parts:
-        return parts[0]
-    target = c.path if c.new_path is None else f"{c.path} to {c.new_path}"
+    if fired is not None:
+        return fired
+    moved = c.path if c.new_path is None else f"{c.path} to {c.new_path}"
     scope = [", ".join(rule.paths)] if rule.paths else []
     fix = f"change files outside {', '.join(rule.paths)}" if rule.paths else "propose a different change"
     if rule.ops:
@@ -378,11 +376,11 @@ def _change_trigger(rule: Rule, ctx: _Ctx) -> str | None:
         if not rule.paths:
             fix = f"use an operation other than {'/'.join(rule.ops)}"
     covered = f" is covered by {' and '.join(scope)}" if scope else " matches"
-    return f"{_VERB[c.op]} {target}{covered}|{fix}"
+    return f"{_VERB[c.op]} {moved}{covered}", fix
 
 
-def _message(rule: Rule, trigger: str) -> str:
-    what, fix = trigger.split("|", 1) if "|" in trigger else (trigger, "")
+def _message(rule: Rule, trigger: _Trigger) -> str:
+    what, fix = trigger
     why = f" ({rule.reason})" if rule.reason else ""
     if rule.decision == "deny":
         return f"rule '{rule.name}': {what}{why} — {fix}" if fix else f"rule '{rule.name}': {what}{why}"

@@ -382,3 +382,17 @@ def test_ledger_render(tmp_path):
     assert "session: 3 lines changed, 19997 left of 20000" in text
     assert len(Ledger(gate.policy, gate.session, ["a"]).render(max_chars=4000)) < 4000
     assert Ledger(gate.policy, Session()).files_touched == []
+
+
+def test_policy_object_and_regex_labels(tmp_path):
+    import tomllib
+
+    from ledger.policy import parse_policy
+
+    root = make_repo(tmp_path / "ws")
+    policy = parse_policy(tomllib.loads('[[rule]]\nname = "words"\ndecision = "deny"\ncontent = ["TODO|FIXME"]\n'))
+    gate = Gate(root, policy=policy)
+    d = gate.check_patch(udiff("notes.txt", None, "ok\nFIXME later\n"))[0]
+    assert d.decision == "deny"
+    assert d.reasons[0].message == "rule 'words': the added lines of notes.txt contain /TODO|FIXME/ — remove it"
+    assert gate.check_patch(udiff("notes.txt", None, "ok\n"))[0].allowed
