@@ -155,7 +155,9 @@ class Gate:
     def check(self, changes: list[FileChange], approved: bool = False) -> Decision:
         """The decision on `changes` (one edit), appended to the audit log; allowed edits count in the session.
 
-        `approved=True` (a person confirmed) turns ask into allow; it never lifts a deny.
+        `approved=True` (a person confirmed) turns ask into allow; it never lifts a deny. Content rules look at
+        the lines `new_text` adds to `old_text`, so `old_text` must be the content the edit is applied to (the
+        file on disk, or the server's copy of the open document); `apply_changes` refuses a stale one.
         """
         with self._lock:
             if self.policy is None:

@@ -144,6 +144,12 @@ class Rule:
     content_regexes: tuple[tuple[str, re.Pattern[str]], ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.decision not in DECISIONS:
+            raise ValueError(
+                f"rule {self.name!r}: decision must be one of {', '.join(DECISIONS)}, got {self.decision!r}"
+            )
+        if not set(self.ops) <= set(OPS) or self.requires_in not in ("edit", "session"):
+            raise ValueError(f"rule {self.name!r}: ops must be among {', '.join(OPS)} and requires_in edit or session")
         # deny/ask globs ignore case (a case-insensitive filesystem writes SRC/x into src/); allow globs do not
         ignore_case = self.decision != "allow"
         object.__setattr__(self, "path_globs", GlobSet(self.paths, ignore_case) if self.paths else None)
@@ -358,5 +364,5 @@ def _parse_rule(raw: Any, where: str) -> Rule:
     kw["requires_in"] = requires_in
     try:
         return Rule(**kw)
-    except ValueError as e:  # a glob GlobSet refuses
+    except ValueError as e:  # a glob GlobSet refuses (everything else was checked above)
         raise PolicyError(f"{where} field 'paths'/'requires': {e}") from None

@@ -196,3 +196,12 @@ def test_the_documented_example_parses(tmp_path):
     with pytest.raises(PolicyError) as e:
         load_policy(tmp_path, f)
     assert str(e.value) == f"{f}: {documented_error}"
+
+
+def test_rules_built_in_code_are_validated():
+    from ledger import Rule
+
+    with pytest.raises(ValueError, match="decision"):
+        Rule(name="x", decision="maybe")
+    with pytest.raises(ValueError, match="ops"):
+        Rule(name="x", decision="deny", ops=("write",))
