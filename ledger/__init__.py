@@ -4,8 +4,9 @@ See POLICY.md for the policy file and README "Ledger" for the commands.
 """
 
 from ledger.audit import AuditError, AuditLog, verify_audit
-from ledger.changes import FileChange, PatchError, apply_changes, parse_unified_diff
+from ledger.changes import FileChange, apply_changes
 from ledger.config import LedgerConfig
+from ledger.diff import PatchError, parse_unified_diff, patch_targets
 from ledger.facts import Ledger, Session, TestRun
 from ledger.gate import Decision, Gate, Reason
 from ledger.paths import PathError, confine, normalize
@@ -32,5 +33,6 @@ __all__ = [
     "load_policy",
     "normalize",
     "parse_unified_diff",
+    "patch_targets",
     "verify_audit",
 ]

@@ -9,7 +9,6 @@ be written each make the decision deny. Only allowed edits count toward the sess
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import logging
 import threading
@@ -18,8 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ledger.audit import AuditError, AuditLog
-from ledger.changes import FileChange, PatchError, _split, apply_changes, parse_unified_diff, patch_targets
+from ledger.changes import AddedLines, FileChange, apply_changes
 from ledger.config import LedgerConfig
+from ledger.diff import PatchError, parse_unified_diff, patch_targets
 from ledger.facts import Session
 from ledger.paths import GlobSet, PathError, WorkspacePath, confine
 from ledger.policy import (
@@ -68,50 +68,11 @@ class Decision:
         return "\n".join(lines)
 
 
-class _Added:
-    """The added lines of a change: a cheap superset first (the middle between the common prefix and suffix),
-    the exact set from a line diff only when a pattern hits the superset."""
-
-    def __init__(self, c: FileChange) -> None:
-        self._old = c.old_text
-        self._new = c.new_text
-        self._exact: str | None = None
-        if c.new_text is None:
-            self.coarse, self._old_mid = "", False
-            return
-        if c.old_text is None:
-            self.coarse, self._old_mid = c.new_text, False
-            return
-        old, new = _split(c.old_text), _split(c.new_text)
-        n = min(len(old), len(new))
-        p = 0
-        while p < n and old[p] == new[p]:
-            p += 1
-        s = 0
-        while s < n - p and old[-1 - s] == new[-1 - s]:
-            s += 1
-        self.coarse = "".join(new[p : len(new) - s])
-        self._old_mid = len(old) - s > p  # lines were also removed: the middle may hold unchanged lines
-
-    def exact(self) -> str:
-        if self._exact is None:
-            if not self._old_mid:
-                self._exact = self.coarse
-            else:
-                old, new = _split(self._old or ""), _split(self._new or "")
-                sm = difflib.SequenceMatcher(None, old, new, autojunk=False)
-                self._exact = "".join("".join(new[j1:j2]) for tag, _, _, j1, j2 in sm.get_opcodes() if tag != "equal")
-        return self._exact
-
-    def search(self, regex) -> bool:
-        return bool(regex.search(self.coarse)) and bool(regex.search(self.exact()))
-
-
 @dataclasses.dataclass
 class _Ctx:
     change: FileChange
     forms: tuple[str, ...]  # every name the change writes: lexical and resolved, source and target
-    added: _Added
+    added: AddedLines
 
 
 def _strip_segments(path: str) -> str:
@@ -267,7 +228,7 @@ class Gate:
             if c.op not in OPS or (c.op == "rename") != (c.new_path is not None):
                 hard.append(Reason("patch", f"invalid change {c.op!r} of {c.path} (new_path={c.new_path!r})", c.path))
                 continue
-            ctx = _Ctx(c, tuple(dict.fromkeys(f for wp in wps for f in wp.forms)), _Added(c))
+            ctx = _Ctx(c, tuple(dict.fromkeys(f for wp in wps for f in wp.forms)), AddedLines(c))
             hard += _builtin_reasons(ctx, wps)
             ctxs.append(ctx)
 
