@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from kvblend import cli_ledger
+
 log = logging.getLogger(__name__)
 
 # Subcommands that later work owns; they exist so scripts and docs can name them already.
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--no-index", action="store_true", help="no repository context (local prompt only)")
     co.add_argument("--settings", default=None, help='JSON object of settings, e.g. \'{"mode": "full"}\'')
     co.add_argument("--json", action="store_true", help="print the whole result as JSON instead of the text")
+    cli_ledger.add_parser(sub, bsub)
 
     for name, text in PLANNED.items():
         sub.add_parser(name, help=f"{text} (not implemented yet)", add_help=False)
@@ -109,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         return _serve(args)
+    if args.command == "ledger" or getattr(args, "bench", None) == "ledger":
+        return cli_ledger.run(args)
     try:
         if args.command == "complete":
             return _complete(args)

@@ -1,0 +1,134 @@
+"""The audit log: one JSON object per line, hash-chained so that an edited, inserted or removed line shows.
+
+Every record carries `seq` (1, 2, ...), `prev` (the previous record's `hash`; 64 zeros for the first) and
+`hash` = sha256 of the record without `hash`, serialized canonically (sorted keys, no spaces, UTF-8). A writer
+takes an exclusive `flock` while it reads the last record and appends, so processes can share one log.
+`verify_audit` recomputes the chain. Cutting records off the end leaves a valid shorter chain: pin the last
+hash elsewhere (`AuditLog.head()`) when that matters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: appends are not serialized between processes
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+
+
+class AuditError(ValueError):
+    """The audit log cannot be appended to (unreadable, or its last record is damaged)."""
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != "hash"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _last_line(f) -> bytes:
+    end = f.seek(0, os.SEEK_END)
+    if end == 0:
+        return b""
+    block, pos, buf = 4096, end, b""
+    while pos > 0:
+        step = min(block, pos)
+        pos -= step
+        f.seek(pos)
+        buf = f.read(step) + buf
+        body = buf[:-1] if buf.endswith(b"\n") else buf
+        nl = body.rfind(b"\n")
+        if nl >= 0:
+            return body[nl + 1 :]
+    return buf[:-1] if buf.endswith(b"\n") else buf
+
+
+class AuditLog:
+    """Appends hash-chained records to a JSONL file (created with its directory on first use)."""
+
+    def __init__(self, path: str | Path, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        self._cached: tuple[int, str, int] | None = None  # (file size, last hash, last seq) after our last append
+
+    def _tail(self, f) -> tuple[str, int]:
+        size = f.seek(0, os.SEEK_END)
+        if self._cached is not None and self._cached[0] == size:
+            return self._cached[1], self._cached[2]
+        line = _last_line(f)
+        if not line:
+            return GENESIS, 0
+        try:
+            rec = json.loads(line)
+            if rec.get("hash") != record_hash(rec) or not isinstance(rec.get("seq"), int):
+                raise ValueError("hash mismatch")
+        except ValueError:
+            raise AuditError(
+                f"the last record of {self.path} is damaged; run `kvblend ledger verify-audit "
+                f"{self.path}` and move the file aside to start a new chain"
+            ) from None
+        return rec["hash"], rec["seq"]
+
+    def append(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """Append `entry` (JSON-serializable) with `seq`, `prev` and `hash` added; returns the full record."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a+b") as f:
+                if fcntl is not None:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                prev, seq = self._tail(f)
+                record = {**entry, "seq": seq + 1, "prev": prev}
+                record["hash"] = record_hash(record)
+                line = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
+                f.write(line.encode("utf-8"))
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+                self._cached = (f.tell(), record["hash"], record["seq"])
+        except OSError as e:
+            raise AuditError(f"cannot append to audit log {self.path}: {e.strerror}") from None
+        return record
+
+    def head(self) -> str:
+        """The hash of the last record (GENESIS for an empty or missing log)."""
+        if not self.path.exists():
+            return GENESIS
+        with open(self.path, "rb") as f:
+            return self._tail(f)[0]
+
+
+def read_audit(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a log (not verified; call `verify_audit` for that)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def verify_audit(path: str | Path) -> tuple[bool, int | None]:
+    """(True, None) when every record's hash, `prev` link and `seq` check out; else (False, first bad line).
+
+    Raises OSError when the file cannot be read.
+    """
+    prev = GENESIS
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                return False, n
+            if not isinstance(rec, dict) or not raw.endswith(b"\n"):
+                return False, n
+            if rec.get("hash") != record_hash(rec) or rec.get("prev") != prev or rec.get("seq") != n:
+                log.warning("audit log %s: chain broken at line %d", path, n)
+                return False, n
+            prev = rec["hash"]
+    return True, None

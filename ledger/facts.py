@@ -1,0 +1,173 @@
+"""The ledger: typed live facts of an agent session, rendered as a compact block for agent prompts.
+
+Facts: files touched by allowed edits (with their operation and changed lines, the basis of per-session
+limits), identifiers defined in the repository (the caller provides them, e.g. from the indexer), tests run
+with their result, and the constraints in force (the policy's rules, one line each).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ledger.config import LedgerConfig
+from ledger.policy import Policy
+
+if TYPE_CHECKING:
+    from ledger.changes import FileChange
+    from ledger.paths import GlobSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Touch:
+    op: str  # the last operation on the file
+    lines: int  # lines changed in it by allowed edits, summed
+
+
+@dataclasses.dataclass
+class Session:
+    """What allowed edits of one agent session did; the gate's per-session limits read it."""
+
+    id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:12])
+    touched: dict[str, Touch] = dataclasses.field(default_factory=dict)  # path -> Touch, first touch first
+    edits: int = 0  # allowed edits
+    lines_changed: int = 0  # over all files, kept as a running sum (read on every decision)
+
+    def record(self, changes: list[FileChange]) -> None:
+        for c in changes:
+            target = c.new_path or c.path
+            if c.new_path is not None:
+                self._add(c.path, c.op, 0)
+            self._add(target, c.op, c.lines_changed)
+        self.edits += 1
+
+    def _add(self, path: str, op: str, lines: int) -> None:
+        t = self.touched.setdefault(path, Touch(op, 0))
+        t.op = op
+        t.lines += lines
+        self.lines_changed += lines
+
+    def lines_matching(self, globs: GlobSet | None) -> int:
+        """Lines changed in files matching `globs` (all files when None)."""
+        if globs is None:
+            return self.lines_changed
+        return sum(t.lines for p, t in self.touched.items() if globs.matches(p))
+
+    @classmethod
+    def from_audit(cls, path: str | Path, session_id: str) -> Session:
+        """The session `session_id` rebuilt from the allowed decisions of an audit log (empty if none)."""
+        from ledger.changes import FileChange
+
+        s = cls(id=session_id)
+        if not Path(path).exists():
+            return s
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # verify-audit reports damage; a session keeps what it can read
+                if rec.get("session") != session_id or rec.get("decision") != "allow":
+                    continue
+                s.record(
+                    [
+                        FileChange(c["op"], c["path"], c.get("new_path"), None, None, c["lines"])
+                        for c in rec.get("changes", [])
+                    ]
+                )
+        return s
+
+
+@dataclasses.dataclass(frozen=True)
+class TestRun:
+    name: str  # a test id or command, e.g. "tests/test_a.py::test_x"
+    passed: bool
+    detail: str = ""  # the first line of a failure, for the agent
+
+
+class Ledger:
+    """Live facts of a session plus the policy in force; `render()` is what goes into an agent prompt."""
+
+    def __init__(
+        self,
+        policy: Policy | None = None,
+        session: Session | None = None,
+        identifiers: list[str] | tuple[str, ...] = (),
+        config: LedgerConfig | None = None,
+    ) -> None:
+        self.config = config or LedgerConfig()
+        self.policy = policy if policy is not None else Policy.default(self.config)
+        self.session = session if session is not None else Session()
+        self.identifiers: list[str] = list(identifiers)
+        self.tests: list[TestRun] = []
+
+    def set_identifiers(self, names: list[str] | tuple[str, ...]) -> None:
+        self.identifiers = list(dict.fromkeys(names))
+
+    def record_test(self, name: str, passed: bool, detail: str = "") -> None:
+        """A test result; a rerun of the same test replaces the earlier one."""
+        self.tests = [t for t in self.tests if t.name != name] + [TestRun(name, passed, detail)]
+
+    @property
+    def files_touched(self) -> list[str]:
+        return list(self.session.touched)
+
+    def constraints(self) -> list[str]:
+        lines = self.policy.describe()
+        limit = next(
+            (r.max_lines_per_session for r in self.policy.rules if r.max_lines_per_session is not None and not r.paths),
+            None,
+        )
+        used = self.session.lines_changed
+        lines.append(f"session: {used} lines changed" + (f", {max(limit - used, 0)} left of {limit}" if limit else ""))
+        return lines
+
+    def to_dict(self) -> dict:
+        return {
+            "session": self.session.id,
+            "files_touched": {p: dataclasses.asdict(t) for p, t in self.session.touched.items()},
+            "identifiers": self.identifiers,
+            "tests": [dataclasses.asdict(t) for t in self.tests],
+            "constraints": self.constraints(),
+        }
+
+    def render(self, max_chars: int | None = None) -> str:
+        """A compact text block of at most `max_chars` characters; identifiers are cut first, then the rest."""
+        budget = self.config.render_max_chars if max_chars is None else max_chars
+        head = ["[kvblend ledger]", "constraints:"] + [f"- {c}" for c in self.constraints()]
+        files = ", ".join(f"{p} ({t.op}, {t.lines} lines)" for p, t in self.session.touched.items())
+        head.append(f"files touched ({len(self.session.touched)}): {files or 'none'}")
+        failing = [t for t in self.tests if not t.passed]
+        tests = "; ".join(
+            f"{t.name} {'passed' if t.passed else 'FAILED'}" + (f" ({t.detail})" if t.detail and not t.passed else "")
+            for t in failing + [t for t in self.tests if t.passed]
+        )  # failures first: they are what the agent must act on
+        head.append(f"tests run ({len(self.tests)}, {len(failing)} failing): {tests or 'none'}")
+        text = "\n".join(head)
+        label = f"\nidentifiers ({len(self.identifiers)}): "
+        room = budget - len(text) - len(label)
+        shown: list[str] = []
+        used = 0
+        for i, name in enumerate(self.identifiers):
+            more = len(f" (+{len(self.identifiers) - i} more)")
+            if used + len(name) + 2 + more > room:
+                break
+            shown.append(name)
+            used += len(name) + 2
+        rest = len(self.identifiers) - len(shown)
+        value = (
+            ", ".join(shown) + (f" (+{rest} more)" if rest else "")
+            if shown
+            else (f"{rest} not shown" if rest else "none")
+        )
+        if len(value) <= room:
+            text += label + value
+        if len(text) > budget:
+            text = text[: max(budget - 4, 0)] + " ..."
+        return text[:budget]

@@ -1,0 +1,412 @@
+"""The gate: every write-class operation an agent proposes is decided here before anything touches disk.
+
+`Gate.check(changes)` returns a `Decision` (allow / ask / deny with actionable reasons) and appends it to the
+audit log; precedence is documented in `ledger/policy.py` and POLICY.md. The gate fails closed: a policy
+that failed to load, a path outside the workspace, a patch that cannot be parsed, or an audit log that cannot
+be written each make the decision deny. Only allowed edits count toward the session's limits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ledger.audit import AuditError, AuditLog
+from ledger.changes import AddedLines, FileChange, apply_changes
+from ledger.config import LedgerConfig
+from ledger.diff import PatchError, parse_unified_diff, patch_targets
+from ledger.facts import Session
+from ledger.paths import GlobSet, PathError, WorkspacePath, confine
+from ledger.policy import (
+    OPS,
+    PROTECTED_PATHS,
+    SECRET_NAMES,
+    SECRET_PATTERNS,
+    SEVERITY,
+    Policy,
+    PolicyError,
+    Rule,
+    load_policy,
+)
+
+log = logging.getLogger(__name__)
+
+_PROTECTED = [(p, GlobSet([p], ignore_case=True)) for p in PROTECTED_PATHS]
+_SECRET_FILES = [(p, GlobSet([p], ignore_case=True)) for p in SECRET_NAMES]
+_ANY_BUILTIN = GlobSet(PROTECTED_PATHS + SECRET_NAMES, ignore_case=True)  # one test first; which one only on a hit
+_Trigger = tuple[str, str]  # (what fired, what the agent can do instead)
+_VERB = {"edit": "editing", "create": "creating", "delete": "deleting", "rename": "renaming"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Reason:
+    rule: str  # the rule's name, or builtin.*, workspace, patch, policy, audit, default
+    message: str  # what happened and what would be allowed instead
+    path: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    decision: str  # allow | ask | deny
+    reasons: list[Reason]
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision == "allow"
+
+    def to_dict(self) -> dict:
+        return {"decision": self.decision, "reasons": [dataclasses.asdict(r) for r in self.reasons]}
+
+    def format(self) -> str:
+        lines = [self.decision]
+        lines += [f"  - {r.message}" for r in self.reasons]
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class _Ctx:
+    change: FileChange
+    forms: tuple[str, ...]  # every name the change writes: lexical and resolved, source and target
+    added: AddedLines
+
+
+def _strip_segments(path: str) -> str:
+    """`.git. /config` -> `.git/config`: names some filesystems treat as equal to the stripped name."""
+    return "/".join(seg.rstrip(" .") or seg for seg in path.split("/"))
+
+
+class Gate:
+    """Decides on proposed changes under `repo_root`, logs each decision, applies allowed ones on request."""
+
+    def __init__(
+        self,
+        repo_root: str | Path,
+        policy: Policy | None = None,
+        audit_path: str | Path | None = None,
+        session: Session | None = None,
+        *,
+        policy_path: str | Path | None = None,
+        config: LedgerConfig | None = None,
+        before_apply: Callable[[list[FileChange]], None] | None = None,
+    ) -> None:
+        self.root = Path(repo_root)
+        self.config = config or LedgerConfig()
+        self.policy_error: str | None = None
+        if policy is None:
+            try:
+                policy = load_policy(self.root, policy_path, self.config)
+            except PolicyError as e:
+                log.error("policy failed to load, every edit will be denied: %s", e)
+                self.policy_error = str(e)
+        self.policy = policy
+        self.audit = AuditLog(
+            audit_path if audit_path is not None else self.root / self.config.audit_file, fsync=self.config.fsync_audit
+        )
+        self.session = session if session is not None else Session()
+        self.before_apply = before_apply  # e.g. take a capsule of the session, so that undo restores this state
+        self._lock = threading.Lock()
+
+    # ---- public ------------------------------------------------------------------------------------------------
+
+    def check(self, changes: list[FileChange], approved: bool = False) -> Decision:
+        """The decision on `changes` (one edit), appended to the audit log; allowed edits count in the session.
+
+        `approved=True` (a person confirmed) turns ask into allow; it never lifts a deny. Content rules look at
+        the lines `new_text` adds to `old_text`, so `old_text` must be the content the edit is applied to (the
+        file on disk, or the server's copy of the open document); `apply_changes` refuses a stale one.
+        """
+        with self._lock:
+            if self.policy is None:
+                msg = f"{self.policy_error} — every edit is denied until the policy file is fixed"
+                decision = Decision("deny", [Reason("policy", msg)])
+            else:
+                decision = self._evaluate(changes)
+            if approved and decision.decision == "ask":
+                decision = Decision("allow", [*decision.reasons, Reason("approved", "a person approved this edit")])
+            return self._record(decision, changes)
+
+    def check_patch(self, text: str | bytes, approved: bool = False) -> tuple[Decision, list[FileChange]]:
+        """Parse the unified diff `text` against the workspace and check it; a patch that cannot be parsed or
+        names a path outside the workspace is denied (and logged) like any other edit."""
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as e:
+                msg = f"the patch is not UTF-8 text (byte {e.start}); binary patches cannot be checked"
+                return self._reject([Reason("patch", msg)], text.decode("utf-8", errors="replace")), []
+        try:
+            hard = []
+            for op, path in patch_targets(text):  # judge the paths before reading any file
+                try:
+                    hard += _path_reasons(op, confine(self.root, path))
+                except PathError as e:
+                    hard.append(Reason("workspace", _path_message(e), e.path))
+            if hard:
+                return self._reject(_dedupe(hard), text), []
+            changes = parse_unified_diff(text, self.root, self.config.max_read_bytes)
+        except PathError as e:
+            return self._reject([Reason("workspace", _path_message(e), e.path)], text), []
+        except PatchError as e:
+            reason = Reason("patch", f"{e} — send a text diff whose hunks apply exactly", e.path)
+            return self._reject([reason], text), []
+        return self.check(changes, approved), changes
+
+    def apply(self, changes: list[FileChange], approved: bool = False) -> Decision:
+        """Check `changes`; when allowed, call `before_apply`, then write them (see `apply_changes`)."""
+        decision = self.check(changes, approved)
+        if decision.allowed:
+            self._write(changes)
+        return decision
+
+    def apply_patch(self, text: str | bytes, approved: bool = False) -> Decision:
+        decision, changes = self.check_patch(text, approved)
+        if decision.allowed:
+            self._write(changes)
+        return decision
+
+    # ---- internals ---------------------------------------------------------------------------------------------
+
+    def _write(self, changes: list[FileChange]) -> None:
+        if self.before_apply is not None:
+            self.before_apply(changes)
+        try:
+            apply_changes(self.root, changes)
+        except (OSError, ValueError) as e:
+            self._audit({"event": "apply_failed", "error": str(e), "changes": _summary(changes)})
+            raise
+        self._audit({"event": "applied", "changes": _summary(changes)})
+
+    def _audit(self, entry: dict) -> None:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9 // 1000:06d}Z",
+            "session": self.session.id,
+            **entry,
+        }
+        self.audit.append(entry)
+
+    def _record(self, decision: Decision, changes: list[FileChange], extra: dict | None = None) -> Decision:
+        entry = {
+            "event": "decision",
+            "decision": decision.decision,
+            "changes": _summary(changes),
+            "reasons": [dataclasses.asdict(r) for r in decision.reasons],
+            "policy": self.policy.source if self.policy is not None else None,
+            **(extra or {}),
+        }
+        try:
+            self._audit(entry)
+        except AuditError as e:
+            log.error("%s", e)
+            return Decision("deny", [Reason("audit", f"{e} — no edit is allowed while decisions cannot be logged")])
+        if decision.allowed:
+            self.session.record(changes)
+        log.info("%s: %d change(s), %d reason(s)", decision.decision, len(changes), len(decision.reasons))
+        return decision
+
+    def _reject(self, reasons: list[Reason], patch: str) -> Decision:
+        with self._lock:
+            digest = hashlib.sha256(patch.encode("utf-8", errors="replace")).hexdigest()
+            return self._record(Decision("deny", reasons), [], {"patch_sha256": digest})
+
+    def _evaluate(self, changes: list[FileChange]) -> Decision:
+        assert self.policy is not None
+        if not changes:
+            return Decision("deny", [Reason("patch", "the edit changes no file — send at least one change")])
+        hard: list[Reason] = []
+        ctxs: list[_Ctx] = []
+        for c in changes:
+            try:
+                wps = [confine(self.root, p) for p in c.paths]
+            except PathError as e:
+                hard.append(Reason("workspace", _path_message(e), e.path))
+                continue
+            if c.op not in OPS or (c.op == "rename") != (c.new_path is not None):
+                hard.append(Reason("patch", f"invalid change {c.op!r} of {c.path} (new_path={c.new_path!r})", c.path))
+                continue
+            ctx = _Ctx(c, tuple(dict.fromkeys(f for wp in wps for f in wp.forms)), AddedLines(c))
+            hard += _builtin_reasons(ctx, wps)
+            ctxs.append(ctx)
+
+        per_change: list[tuple[int, Reason]] = []  # (severity, reason) of each change's deciding rule
+        matches = self._rule_matches(ctxs)
+        for k, ctx in enumerate(ctxs):
+            cands = matches[k]
+            if not cands:
+                d = self.policy.default_decision
+                per_change.append((SEVERITY[d], Reason("default", _default_message(d, ctx.change), ctx.change.path)))
+                continue
+            rule, trigger = max(cands, key=lambda rt: (rt[0].priority, rt[0].severity))
+            per_change.append((rule.severity, Reason(rule.name, _message(rule, trigger), ctx.change.path)))
+
+        if hard:
+            reasons = hard + [r for s, r in per_change if s == SEVERITY["deny"]]
+            return Decision("deny", _dedupe(reasons))
+        worst = max(s for s, _ in per_change)
+        decision = next(d for d, s in SEVERITY.items() if s == worst)
+        return Decision(decision, _dedupe([r for s, r in per_change if s == worst]))
+
+    def _rule_matches(self, ctxs: list[_Ctx]) -> list[list[tuple[Rule, _Trigger]]]:
+        """For each change, the rules that match it, each with what fired."""
+        assert self.policy is not None
+        out: list[list[tuple[Rule, _Trigger]]] = [[] for _ in ctxs]
+        for rule in self.policy.rules:
+            scope = [k for k, ctx in enumerate(ctxs) if _in_scope(rule, ctx)]
+            if not scope:
+                continue
+            edit_trigger = self._edit_trigger(rule, [ctxs[k] for k in scope], ctxs)
+            if edit_trigger is False:
+                continue
+            for k in scope:
+                trigger = _change_trigger(rule, ctxs[k])
+                if trigger is not None:
+                    out[k].append((rule, edit_trigger or trigger))
+        return out
+
+    def _edit_trigger(self, rule: Rule, scope: list[_Ctx], ctxs: list[_Ctx]) -> _Trigger | None | bool:
+        """The edit-wide matchers (line limits, companions): False when one does not hold, None when the rule
+        sets none, else what fired (the last of them)."""
+        lines = sum(ctx.change.lines_changed for ctx in scope)
+        where = f" under {', '.join(rule.paths)}" if rule.paths else ""
+        fired: _Trigger | None = None
+        if rule.max_lines_per_edit is not None:
+            lim = rule.max_lines_per_edit
+            if lines <= lim:
+                return False
+            fired = (
+                f"this edit changes {lines} lines{where}, limit {lim}",
+                f"split it into edits of at most {lim} lines",
+            )
+        if rule.max_lines_per_session is not None:
+            lim, used = rule.max_lines_per_session, self.session.lines_matching(rule.path_globs)
+            if used + lines <= lim:
+                return False
+            fired = (
+                f"the session already changed {used} lines{where} and this edit changes {lines}, limit {lim} per "
+                "session",
+                f"at most {max(lim - used, 0)} more lines fit in this session; have the work reviewed and start a "
+                "new session",
+            )
+        if rule.require_globs is not None:
+            pool = [f for ctx in ctxs for f in ctx.forms]
+            if rule.requires_in == "session":
+                pool += list(self.session.touched)
+            if any(rule.require_globs.matches(p) for p in pool):
+                return False
+            req = ", ".join(rule.requires)
+            fired = (
+                f"a change{where} must also touch {req} in the same {rule.requires_in}",
+                f"add a change to a file matching {req} to this {rule.requires_in}",
+            )
+        return fired
+
+
+def _in_scope(rule: Rule, ctx: _Ctx) -> bool:
+    if rule.ops and ctx.change.op not in rule.ops:
+        return False
+    return rule.path_globs is None or any(rule.path_globs.matches(f) for f in ctx.forms)
+
+
+def _change_trigger(rule: Rule, ctx: _Ctx) -> _Trigger | None:
+    """What fired, from the per-change matchers (content, file size, else scope); None when one does not hold."""
+    c = ctx.change
+    target = c.new_path or c.path
+    fired: _Trigger | None = None
+    if rule.content_regexes:
+        label = next((label for label, regex in rule.content_regexes if ctx.added.search(regex)), None)
+        if label is None:
+            return None
+        fired = (f"the added lines of {target} contain {label.replace('_', ' ')}", "remove it")
+    if rule.max_file_bytes is not None:
+        size = len(c.new_text.encode("utf-8")) if c.new_text is not None else 0
+        if size <= rule.max_file_bytes:
+            return None
+        fired = (
+            f"the new {target} is {size} bytes, limit {rule.max_file_bytes}",
+            f"keep it under {rule.max_file_bytes} bytes (split the file, or keep generated data out of the repository)",
+        )
+    if fired is not None:
+        return fired
+    moved = c.path if c.new_path is None else f"{c.path} to {c.new_path}"
+    scope = [", ".join(rule.paths)] if rule.paths else []
+    fix = f"change files outside {', '.join(rule.paths)}" if rule.paths else "propose a different change"
+    if rule.ops:
+        scope.append(f"operations {'/'.join(rule.ops)}")
+        if not rule.paths:
+            fix = f"use an operation other than {'/'.join(rule.ops)}"
+    covered = f" is covered by {' and '.join(scope)}" if scope else " matches"
+    return f"{_VERB[c.op]} {moved}{covered}", fix
+
+
+def _message(rule: Rule, trigger: _Trigger) -> str:
+    what, fix = trigger
+    why = f" ({rule.reason})" if rule.reason else ""
+    if rule.decision == "deny":
+        return f"rule '{rule.name}': {what}{why} — {fix}" if fix else f"rule '{rule.name}': {what}{why}"
+    if rule.decision == "ask":
+        return f"rule '{rule.name}': {what}{why} — needs a person's approval; ask the user, or {fix}"
+    return f"rule '{rule.name}' allows it: {what}{why}"
+
+
+def _default_message(decision: str, c: FileChange) -> str:
+    if decision == "allow":
+        return f"no rule covers {_VERB[c.op]} {c.path}; the policy allows it by default"
+    if decision == "ask":
+        return f"no rule covers {_VERB[c.op]} {c.path}; the policy asks a person by default"
+    return f"no rule allows {_VERB[c.op]} {c.path} and the policy denies by default — ask for a rule that allows it"
+
+
+def _path_reasons(op: str, wp: WorkspacePath) -> list[Reason]:
+    """Hard denies by name: a protected path or a secret file, under the lexical or the resolved name."""
+    for form in wp.forms:
+        via = f" (through the symlink {wp.rel})" if form != wp.rel else ""
+        for cand in dict.fromkeys((form, _strip_segments(form))):
+            if not _ANY_BUILTIN.matches(cand):
+                continue
+            hit = next((p for p, g in _PROTECTED if g.matches(cand)), None)
+            if hit:
+                protected = " and ".join(p + "/" for p in PROTECTED_PATHS)
+                msg = (
+                    f"{_VERB[op]} {form}{via}: {hit}/ is protected (built-in, no rule can allow it) — change "
+                    f"files outside {protected}"
+                )
+                return [Reason("builtin.protected-path", msg, form)]
+            hit = next((p for p, g in _SECRET_FILES if g.matches(cand)), None)
+            if hit:
+                msg = (
+                    f"{_VERB[op]} {form}{via}: a secret file by name ({hit}) (built-in) — keep credentials out "
+                    "of the repository and read them from the environment"
+                )
+                return [Reason("builtin.secret-file", msg, form)]
+    return []
+
+
+def _builtin_reasons(ctx: _Ctx, wps: list[WorkspacePath]) -> list[Reason]:
+    """The hard denies: protected paths, secret files, secrets in the added lines."""
+    c = ctx.change
+    out = [r for wp in wps for r in _path_reasons(c.op, wp)]
+    for name, regex in SECRET_PATTERNS.items():
+        if ctx.added.search(regex):
+            target = c.new_path or c.path
+            msg = (
+                f"the added lines of {target} contain a {name.replace('_', ' ')} (built-in; the text is not "
+                "logged) — remove the credential and load it from the environment or a secret store"
+            )
+            out.append(Reason("builtin.secret-content", msg, target))
+    return out
+
+
+def _path_message(e: PathError) -> str:
+    return f"{e} — name files by their path relative to the workspace root, inside it"
+
+
+def _dedupe(reasons: list[Reason]) -> list[Reason]:
+    return list(dict.fromkeys(reasons))
+
+
+def _summary(changes: list[FileChange]) -> list[dict]:
+    return [{"op": c.op, "path": c.path, "new_path": c.new_path, "lines": c.lines_changed} for c in changes]

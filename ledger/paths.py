@@ -1,0 +1,185 @@
+"""Workspace paths: normalize, confine to the workspace, resolve symlinks, match gitignore-style globs.
+
+Every path an agent names goes through `confine` before a rule looks at it:
+
+- `normalize` rejects what can never name a workspace file (empty, NUL, backslash, absolute, drive letters,
+  `..` escaping the root) and returns the lexical posix form (`./a//b/../c` -> `a/c`).
+- `confine` also resolves symlinks through the real filesystem and returns both forms; the resolved one must
+  stay inside the workspace. A symlink inside the workspace that points at a protected path is judged as that
+  path (the gate checks both forms).
+
+`GlobSet` matches gitignore syntax: `*` and `?` stay within one segment, `**` crosses them, a pattern with a
+`/` before its end is anchored at the root, a trailing `/` matches directories only, `!` re-includes, the last
+matching pattern wins, and a path inside a matched directory is matched (it cannot be re-included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import re
+import unicodedata
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class PathError(ValueError):
+    """A path that names no file inside the workspace (absolute, escaping, through a symlink that leaves)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"path {path!r}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+def normalize(path: str) -> str:
+    """The lexical, workspace-relative posix form of `path`, or PathError."""
+    if not path:
+        raise PathError(path, "empty path")
+    if "\0" in path:
+        raise PathError(path, "contains a NUL byte")
+    if "\\" in path:
+        raise PathError(path, "contains a backslash; use '/' between directories")
+    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+        raise PathError(path, "absolute paths are not allowed; name files relative to the workspace root")
+    parts: list[str] = []
+    for part in unicodedata.normalize("NFC", path).split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise PathError(path, "'..' leaves the workspace")
+            parts.pop()
+        else:
+            parts.append(part)
+    if not parts:
+        raise PathError(path, "names the workspace root, not a file")
+    return "/".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkspacePath:
+    rel: str  # lexical form, as the agent named it (normalized)
+    real: str  # after resolving symlinks; equal to `rel` when no symlink is involved
+    abs: Path  # absolute path of the real file (what reads and writes use)
+
+    @property
+    def forms(self) -> tuple[str, ...]:
+        return (self.rel,) if self.rel == self.real else (self.rel, self.real)
+
+
+def confine(root: str | Path, path: str) -> WorkspacePath:
+    """Normalize `path` and resolve it under `root`; PathError when it or a symlink on its way leaves `root`."""
+    rel = normalize(path)
+    real_root = _real_root(os.fspath(root))
+    real = os.path.realpath(os.path.join(real_root, rel))
+    if real == real_root:
+        raise PathError(path, "resolves to the workspace root, not a file")
+    if not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise PathError(path, "resolves (through a symlink) outside the workspace")
+    real_rel = real[len(real_root.rstrip(os.sep)) + 1 :].replace(os.sep, "/")
+    return WorkspacePath(rel, real_rel, Path(real))
+
+
+@functools.lru_cache(maxsize=64)
+def _real_root(root: str) -> str:
+    return os.path.realpath(root)
+
+
+def _translate(pat: str) -> str:
+    out, i = [], 0
+    while i < len(pat):
+        c = pat[i]
+        if pat.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pat.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            j = pat.find("]", i + 2 if pat[i + 1 : i + 2] in ("!", "]") else i + 1)
+            if j < 0:
+                out.append(re.escape(c))
+                i += 1
+                continue
+            body = pat[i + 1 : j].replace("\\", "\\\\")
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = j + 1
+        elif c == "\\" and i + 1 < len(pat):
+            out.append(re.escape(pat[i + 1]))
+            i += 2
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return "".join(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Glob:
+    regex: re.Pattern[str]
+    negate: bool
+    dir_only: bool
+
+
+class GlobSet:
+    """Gitignore-style patterns; `matches(rel)` for a workspace-relative file path."""
+
+    def __init__(self, patterns: list[str] | tuple[str, ...], ignore_case: bool = False) -> None:
+        self.patterns = tuple(patterns)
+        flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
+        self._globs: list[_Glob] = []
+        self._any: tuple[re.Pattern[str], re.Pattern[str]] | None = None  # (files, dirs) when nothing negates
+        for raw in patterns:
+            pat = raw.strip()
+            negate = pat.startswith("!")
+            pat = pat[1:] if negate else pat
+            dir_only = pat.endswith("/")
+            pat = pat.rstrip("/")
+            if not pat or pat.startswith("#"):
+                raise ValueError(f"empty glob {raw!r}")
+            anchored = "/" in pat
+            regex = _translate(pat.lstrip("/"))
+            if not anchored:
+                regex = "(?:.*/)?" + regex
+            self._globs.append(_Glob(re.compile(f"^{regex}$", flags), negate, dir_only))
+        if self._globs and not any(g.negate for g in self._globs):
+            files = "|".join(f"(?:{g.regex.pattern})" for g in self._globs if not g.dir_only) or "(?!)"
+            dirs = "|".join(f"(?:{g.regex.pattern})" for g in self._globs)
+            self._any = (re.compile(files, flags), re.compile(dirs, flags))
+
+    def _state(self, rel: str, is_dir: bool) -> bool:
+        hit = False
+        for g in self._globs:
+            if (is_dir or not g.dir_only) and g.regex.match(rel):
+                hit = not g.negate
+        return hit
+
+    def matches(self, rel: str) -> bool:
+        """True when file `rel`, or a directory above it, is matched."""
+        if self._any is not None:  # one alternation per prefix instead of one regex per pattern
+            files, dirs = self._any
+            if files.match(rel):
+                return True
+            i = rel.find("/")
+            while i > 0:
+                if dirs.match(rel, 0, i):
+                    return True
+                i = rel.find("/", i + 1)
+            return False
+        parts = rel.split("/")
+        for depth in range(1, len(parts)):
+            if self._state("/".join(parts[:depth]), True):
+                return True
+        return self._state(rel, False)
+
+    def __bool__(self) -> bool:
+        return bool(self._globs)
