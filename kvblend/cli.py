@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from kvblend import cli_capsule
+
 log = logging.getLogger(__name__)
 
 # Subcommands that later work owns; they exist so scripts and docs can name them already.
@@ -65,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--max-chunk-tokens", type=int, default=512)
     ix.add_argument("--json", action="store_true", help="print one JSON object")
 
+    cli_capsule.add_parsers(sub, bsub)
+
     for name, text in PLANNED.items():
         sub.add_parser(name, help=f"{text} (not implemented yet)", add_help=False)
     return p
@@ -90,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(args)
         if args.command == "index":
             return _index(args)
+        if args.command == "capsule" or (args.command == "bench" and args.bench == "capsule"):
+            return cli_capsule.run(args)
         if args.command == "bench":
             if args.bench == "index":
                 return _bench_index(args)
