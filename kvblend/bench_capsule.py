@@ -5,10 +5,10 @@ order, the same stream for every length) and the edit delta is the next `delta_t
 - cold: a fresh cache, one prefill of context + delta (what a request costs with no saved state);
 - warm: restore the capsule of the context (snapshotted beforehand) and prefill only the delta.
 Both end with the logits of the first new token, which must agree (`first_token_match`). Timings are the
-best of `repeats` runs (cold: fewer at 8k+ tokens, where one prefill takes seconds). `restore_ms_memory` is
-restore alone from RAM, `restore_ms_disk` reading + verifying the capsule file (page-cached) + restore, at
-the longest context, whose capsule size is `capsule_bytes` (in memory, spare tail included) and
-`capsule_file_bytes` (on disk).
+best of `repeats` runs (cold: at most 2 at 8k+ tokens, where one prefill takes seconds; warm: 20, half
+before and half after the cold runs). `restore_ms_memory` is restore alone from RAM, `restore_ms_disk`
+reading + verifying the capsule file (page-cached) + restore, at the longest context, whose capsule size is
+`capsule_bytes` (in memory, spare tail included) and `capsule_file_bytes` (on disk).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from blend.loader import load_model
 from capsule import restore, serde, snapshot
 
 CONTEXTS = (2048, 4096, 8192, 16384)
+WARM_REPEATS = 20  # warm runs are ~10-50 ms: many of them cost little and ride out bursts of load
 
 
 def source_stream(tokenizer, n_tokens: int) -> list[int]:
@@ -45,6 +46,19 @@ def _ms(ts: list[float]) -> float:
     return round(1000 * min(ts), 3)
 
 
+def _warm(model, cap, fp: str, delta: torch.Tensor, times: int, warm_s: list, restore_s: list) -> torch.Tensor:
+    """Restore `cap` and prefill `delta` `times` times; appends seconds to `warm_s` and `restore_s`."""
+    for _ in range(times):
+        t0 = time.perf_counter()
+        state = restore(cap, fp, capacity_extra=delta.shape[0])
+        t1 = time.perf_counter()
+        logits = model.prefill(delta, state.cache)
+        warm_s.append(time.perf_counter() - t0)
+        restore_s.append(t1 - t0)
+        del state  # frees the tail lease for the next repeat, as a finished session would
+    return logits
+
+
 @torch.inference_mode()
 def bench_capsule(
     model_dir: Path | None = None,
@@ -62,14 +76,6 @@ def bench_capsule(
     cap = None
     for n in contexts:
         ctx, delta = stream[:n], stream[n : n + delta_tokens]
-        full = torch.tensor(ctx + delta, device=dev)
-        cold_s, cold_logits = [], None
-        for _ in range(repeats if n < 8192 else min(repeats, 2)):
-            cache = model.new_cache(n + delta_tokens)
-            t0 = time.perf_counter()
-            cold_logits = model.prefill(full, cache)
-            cold_s.append(time.perf_counter() - t0)
-        del cache
         live = model.new_cache(n)
         logits = model.prefill(torch.tensor(ctx, device=dev), live)
         t0 = time.perf_counter()
@@ -77,15 +83,19 @@ def bench_capsule(
         snap_s = time.perf_counter() - t0
         del live
         delta_t = torch.tensor(delta, device=dev)
-        warm_s, restore_s, warm_logits = [], [], None
-        for _ in range(max(repeats, 5)):
+        warm_s, restore_s = [], []
+
+        # Warm runs before and after the cold ones: a burst of load from other processes hits both sides.
+        warm_logits = _warm(model, cap, fp, delta_t, WARM_REPEATS // 2, warm_s, restore_s)
+        full = torch.tensor(ctx + delta, device=dev)
+        cold_s = []
+        for _ in range(repeats if n < 8192 else min(repeats, 2)):
+            cache = model.new_cache(n + delta_tokens)
             t0 = time.perf_counter()
-            state = restore(cap, fp, capacity_extra=delta_tokens)
-            t1 = time.perf_counter()
-            warm_logits = model.prefill(delta_t, state.cache)
-            warm_s.append(time.perf_counter() - t0)
-            restore_s.append(t1 - t0)
-            del state  # frees the tail lease for the next repeat, as a finished session would
+            cold_logits = model.prefill(full, cache)
+            cold_s.append(time.perf_counter() - t0)
+        del cache
+        warm_logits = _warm(model, cap, fp, delta_t, WARM_REPEATS - WARM_REPEATS // 2, warm_s, restore_s)
         out["contexts"][str(n)] = {
             "cold_ttft_ms": _ms(cold_s),
             "warm_ttft_ms": _ms(warm_s),
