@@ -252,7 +252,9 @@ class CapsuleStore:
         """The capsule sharing the longest token prefix with `tokens` (>= 1 token), with that length.
 
         Any uri qualifies; on equal length this `uri`'s capsules win, then the newest. Only capsules of
-        `fingerprint` are considered when it is given.
+        `fingerprint` are considered when it is given. To resume: keep k = n tokens when n == capsule.n
+        (its last logits hold), else k = min(n, len(tokens) - 1) so at least one token is prefilled for
+        fresh logits; then `restore(capsule, fp, n_tokens=k)` and prefill `tokens[k:]`.
         """
         want = np.asarray(tokens, dtype=np.int32)
         with self._lock:
