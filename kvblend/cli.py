@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from kvblend import cli_ledger
+from kvblend import cli_capsule
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--settings", default=None, help='JSON object of settings, e.g. \'{"mode": "full"}\'')
     co.add_argument("--json", action="store_true", help="print the whole result as JSON instead of the text")
     cli_ledger.add_parser(sub, bsub)
+    cli_capsule.add_parsers(sub, bsub)
 
     for name, text in PLANNED.items():
         sub.add_parser(name, help=f"{text} (not implemented yet)", add_help=False)
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(args)
         if args.command == "index":
             return _index(args)
+        if args.command == "capsule" or (args.command == "bench" and args.bench == "capsule"):
+            return cli_capsule.run(args)
         if args.command == "bench":
             if args.bench == "index":
                 return _bench_index(args)

@@ -1,0 +1,250 @@
+"""The on-disk format of one capsule (same approach as `indexer.serde`, own magic and fields).
+
+    b"KVC1" | u32 header_len | u64 sum | u64 xor | msgpack header | zero pad to 16 | sections
+
+Sections, each zero-padded to 8 bytes, in this order: tokens (int32 [n]), last logits (fp32 [vocab]),
+sampler state (uint8, optional), positions (int64 [n], only when not 0..n-1 shifted by `pos0`),
+k, v (the cache's own dtype, [n_layers, n_kv_heads, n, head_dim]). KV is stored exactly as the cache holds
+it (fp32 on CPU), never rounded to fp16: a restored capsule must decode token-for-token like the session
+it came from, and rounding the KV would change logits.
+
+header: {"format": 1, "id", "n", "shape": [n_layers, n_kv_heads, head_dim], "dtype", "vocab", "fingerprint",
+"uri", "doc_version", "text_hash", "parent", "created", "sampling", "sampler_bytes", "pos0" (or absent when a
+positions section follows), "len": payload bytes}.
+
+Check: every byte after the fixed 24, read as little-endian u64 words, by wrapping sum and xor (as in
+`indexer.serde`: a flipped bit changes both, truncation changes the length, memory speed). The sums are
+taken piece by piece as the file streams; every piece starts on an 8-byte boundary so they combine exactly.
+A write goes to `<name>.tmp` beside the target and is renamed over it. Any failure raises CapsuleFormatError.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import torch
+
+from capsule.capsule import FORMAT_VERSION, Capsule, CapsuleError
+from capsule.config import SPARE_TOKENS
+from capsule.cow import SharedBuffer
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"KVC1"
+SUFFIX = ".capsule"
+_FIXED = struct.Struct("<4sIQQ")  # magic, header_len, sum64, xor64
+_ALIGN = 16
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_MASK = (1 << 64) - 1
+
+
+class CapsuleFormatError(CapsuleError):
+    """A capsule file failed verification (truncated, bit-flipped, unknown version or dtype)."""
+
+
+def _pad(n: int, align: int) -> int:
+    return -n % align
+
+
+class _Check:
+    """Running wrapping sum and xor of little-endian u64 words over pieces that each start 8-aligned."""
+
+    def __init__(self) -> None:
+        self.sum, self.xor = 0, 0
+
+    def add(self, piece: np.ndarray) -> None:
+        words = np.frombuffer(piece, dtype="<u8")  # piece: uint8 [8 k]
+        if words.size:
+            self.sum = (self.sum + int(words.sum(dtype=np.uint64))) & _MASK
+            self.xor ^= int(np.bitwise_xor.reduce(words))
+
+
+def _bytes_of(t: torch.Tensor) -> np.ndarray:
+    """A contiguous tensor's bytes as uint8 numpy (zero copy on CPU)."""
+    t = t.detach().cpu().contiguous()
+    return t.reshape(-1).view(torch.uint8).numpy()
+
+
+def _kv_pieces(kv_all: torch.Tensor, n: int) -> list[np.ndarray]:
+    """The bytes of kv_all[:, :, :n] ([n_layers, n_kv_heads, n, head_dim]) as 8-aligned pieces, no copy on CPU."""
+    L, H, _, D = kv_all.shape
+    row_bytes = n * D * kv_all.element_size()
+    if kv_all.device.type != "cpu" or row_bytes % 8:
+        return [_bytes_of(kv_all[:, :, :n])]  # one contiguous copy
+    return [_bytes_of(kv_all[layer, head, :n]) for layer in range(L) for head in range(H)]
+
+
+def _header(c: Capsule) -> dict:
+    L, H, _, D = c.kv.k_all.shape
+    pos = c.kv.positions.cpu()
+    p0 = int(pos[0]) if c.n else 0
+    head = {
+        "format": c.version, "id": c.id, "n": c.n, "shape": [L, H, D],
+        "dtype": str(c.kv.k_all.dtype).removeprefix("torch."), "vocab": int(c.last_logits.shape[0]),
+        "fingerprint": c.fingerprint, "uri": c.uri,
+        "doc_version": c.doc_version, "text_hash": c.text_hash, "parent": c.parent, "created": c.created,
+        "sampling": c.sampling, "sampler_bytes": None if c.sampler_state is None else int(c.sampler_state.numel()),
+    }  # fmt: skip
+    if torch.equal(pos, torch.arange(p0, p0 + c.n)):
+        head["pos0"] = p0
+    return head
+
+
+def write(capsule: Capsule, path: Path, fsync: bool = False) -> int:
+    """Write `capsule` to `path` atomically (temp file + rename); returns the file size in bytes."""
+    head = _header(capsule)
+    if head["dtype"] not in _DTYPES:
+        raise CapsuleError(f"capsule {capsule.id}: KV dtype {head['dtype']} cannot be stored")
+    n = capsule.n
+    ids = np.frombuffer(np.array(capsule.tokens, dtype="<i4").tobytes(), dtype=np.uint8)
+    sections: list[list[np.ndarray]] = [[ids], [_bytes_of(capsule.last_logits.float())]]
+    if capsule.sampler_state is not None:
+        sections.append([_bytes_of(capsule.sampler_state.to(torch.uint8))])
+    if "pos0" not in head:
+        sections.append([_bytes_of(capsule.kv.positions.to(torch.int64))])
+    sections.append(_kv_pieces(capsule.kv.k_all, n))
+    sections.append(_kv_pieces(capsule.kv.v_all, n))
+    zeros = np.zeros(8, dtype=np.uint8)
+    body: list[np.ndarray] = []
+    for sec in sections:
+        size = sum(p.nbytes for p in sec)
+        # Every piece but a section's last is 8-aligned in length (_kv_pieces guarantees it for KV rows).
+        body.extend(sec)
+        if _pad(size, 8):
+            body.append(zeros[: _pad(size, 8)])
+    head["len"] = sum(p.nbytes for p in body)
+    hb = msgpack.packb(head)
+    head_block = np.zeros(len(hb) + _pad(_FIXED.size + len(hb), _ALIGN), dtype=np.uint8)
+    head_block[: len(hb)] = np.frombuffer(hb, dtype=np.uint8)
+    check = _Check()
+    pending = b""
+    for piece in [head_block, *body]:  # pieces of odd length (a tokens or logits tail) join the next one
+        if pending:
+            piece = np.concatenate([np.frombuffer(pending, dtype=np.uint8), piece])
+        cut = piece.nbytes - piece.nbytes % 8
+        check.add(piece[:cut])
+        pending = piece[cut:].tobytes()
+    assert not pending, len(pending)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_FIXED.pack(MAGIC, len(hb), check.sum, check.xor))
+            f.write(head_block)
+            for piece in body:
+                f.write(memoryview(piece))
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return _FIXED.size + head_block.nbytes + head["len"]
+
+
+def _read_head(f, size: int) -> tuple[dict, bytes, int, int, int]:
+    """(header, header block bytes, sum, xor, payload start) from an open file of `size` bytes."""
+    fixed = f.read(_FIXED.size)
+    if len(fixed) < _FIXED.size:
+        raise CapsuleFormatError(f"file of {size} bytes is truncated")
+    magic, hlen, s, x = _FIXED.unpack(fixed)
+    if magic != MAGIC:
+        raise CapsuleFormatError(f"not a capsule file (magic {magic!r})")
+    start = _FIXED.size + hlen + _pad(_FIXED.size + hlen, _ALIGN)
+    if start > size:
+        raise CapsuleFormatError(f"header of {hlen} bytes in a file of {size}")
+    block = f.read(start - _FIXED.size)
+    try:
+        head = msgpack.unpackb(block[:hlen])
+        fmt, n, (L, H, D), length = head["format"], head["n"], head["shape"], head["len"]
+        int(n), int(L), int(H), int(D), int(length), head["fingerprint"], head["vocab"], head["dtype"]
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
+        raise CapsuleFormatError(f"unreadable header: {e}") from None
+    if fmt != FORMAT_VERSION:
+        raise CapsuleFormatError(f"capsule format {fmt}, this build reads {FORMAT_VERSION}")
+    if head["dtype"] not in _DTYPES:
+        raise CapsuleFormatError(f"unknown KV dtype {head['dtype']!r}")
+    if size != start + length:
+        raise CapsuleFormatError(f"file holds {size - start} payload bytes, its header says {length} (truncated?)")
+    return head, block, s, x, start
+
+
+def read_info(path: Path) -> tuple[dict, list[int]]:
+    """Header and token ids of a capsule file, without reading (or verifying) its KV."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head, _, _, _, _ = _read_head(f, os.fstat(f.fileno()).st_size)
+        ids = np.frombuffer(f.read(4 * head["n"]), dtype="<i4")
+    if ids.size != head["n"]:
+        raise CapsuleFormatError(f"{path}: token section truncated")
+    return head, ids.tolist()
+
+
+def read(path: Path, spare_tokens: int = SPARE_TOKENS, device: torch.device | str | None = None) -> Capsule:
+    """Load and verify a capsule file; the KV lands in a fresh buffer with `spare_tokens` free slots."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return _read(f, os.fstat(f.fileno()).st_size, spare_tokens, device)
+    except OSError as e:
+        raise CapsuleFormatError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _read(f, size: int, spare: int, device) -> Capsule:
+    head, block, s, x, _ = _read_head(f, size)
+    check = _Check()
+    check.add(np.frombuffer(block, dtype=np.uint8))
+    n, (L, H, D), vocab = head["n"], head["shape"], head["vocab"]
+    dtype = _DTYPES[head["dtype"]]
+
+    def into(t: torch.Tensor) -> None:  # fill a contiguous tensor from the file, then its section padding
+        mv = memoryview(t.reshape(-1).view(torch.uint8).numpy())
+        if f.readinto(mv) != mv.nbytes:
+            raise CapsuleFormatError("file truncated inside a section")
+        check.add(np.frombuffer(mv, dtype=np.uint8)[: mv.nbytes - mv.nbytes % 8])
+        tail = mv.nbytes % 8
+        if tail:
+            rest = bytes(mv[mv.nbytes - tail :]) + f.read(8 - tail)
+            check.add(np.frombuffer(rest, dtype=np.uint8))
+
+    ids = torch.empty(n, dtype=torch.int32)
+    into(ids)
+    logits = torch.empty(vocab, dtype=torch.float32)
+    into(logits)
+    state = None
+    if head.get("sampler_bytes") is not None:
+        state = torch.empty(head["sampler_bytes"], dtype=torch.uint8)
+        into(state)
+    buf = SharedBuffer.empty(L, H, D, n, spare, dtype, "cpu")
+    if "pos0" in head:
+        buf.pos_all[:n] = torch.arange(head["pos0"], head["pos0"] + n)
+    else:
+        into(buf.pos_all[:n])
+    row_bytes = n * D * buf.k_all.element_size()
+    for kv_all in (buf.k_all, buf.v_all):  # straight into the buffer, one row per (layer, head)
+        if row_bytes % 8 == 0:
+            for layer in range(L):
+                for h in range(H):
+                    into(kv_all[layer, h, :n])
+        else:
+            tmp = torch.empty(L, H, n, D, dtype=dtype)
+            into(tmp)
+            kv_all[:, :, :n] = tmp
+    if (check.sum, check.xor) != (s, x):
+        raise CapsuleFormatError("checksum mismatch (the file is damaged)")
+    if device is not None and torch.device(device).type != "cpu":
+        buf = SharedBuffer(buf.k_all.to(device), buf.v_all.to(device), buf.pos_all.to(device), n)
+    try:
+        return Capsule(
+            ids.long().tolist(), buf, logits, head["fingerprint"], state, head.get("sampling"), head.get("uri", ""),
+            head.get("doc_version"), head.get("text_hash", ""), head.get("parent"), head.get("created", 0.0),
+            head["id"], head["format"],
+        )  # fmt: skip
+    except (TypeError, AssertionError) as e:
+        raise CapsuleFormatError(f"inconsistent header: {e}") from None
