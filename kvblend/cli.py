@@ -8,8 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from kvblend import cli_ledger
-from kvblend import cli_capsule
+from kvblend import cli_capsule, cli_ledger
 
 log = logging.getLogger(__name__)
 
