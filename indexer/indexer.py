@@ -88,6 +88,7 @@ class Indexer:
         self.open_paths: set[str] = set()
         self.recent: collections.OrderedDict[str, None] = collections.OrderedDict()  # most recent last
         self.computed = 0  # chunks run through the engine by this indexer
+        self.generation = 0  # bumped whenever the set of chunks changes (retrieval caches key on it)
         self._hashes: dict[str, str] = {}  # path -> text hash of the version indexed
         self._lock = threading.RLock()
         self._background = False
@@ -150,12 +151,14 @@ class Indexer:
         result.removed += len(old_keys - new_keys)
         result.unchanged += len(new_keys & old_keys)
         self.files[sf.path], self._hashes[sf.path] = chunks, h
+        self.generation += 1
         self._enqueue([c for c in chunks if c.key not in old_keys], result)
 
     def _drop(self, rel: str, result: UpdateResult) -> None:
         for path in [p for p in self.files if p == rel or p.startswith(rel + "/") or not rel]:
             result.removed += len({c.key for c in self.files.pop(path)})
             self._hashes.pop(path, None)
+            self.generation += 1
 
     def _finish(self, result: UpdateResult) -> UpdateResult:
         if not self._background:
@@ -208,6 +211,7 @@ class Indexer:
             chunks = commit_chunks(self.chunker, texts)
             old = {c.key for c in self.commits}
             self.commits = chunks
+            self.generation += 1
             new = {c.key for c in chunks}
             result.added, result.removed, result.unchanged = len(new - old), len(old - new), len(new & old)
             self._enqueue([c for c in chunks if c.key not in old], result)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import logging
 import threading
 import time
@@ -102,6 +103,7 @@ class Completer:
         self._sessions: collections.OrderedDict[str, _Session] = collections.OrderedDict()
         self._shown: collections.deque[_Shown] = collections.deque(maxlen=max(self.settings.result_cache, 1))
         self._header: ChunkKV | None = None
+        self._retrieved: tuple | None = None  # (query key, chunks) of the last retrieval
         self.last: dict = {}  # the last request that ran the model (stats, tests)
         self._lock = threading.RLock()  # one request at a time on the model
 
@@ -294,7 +296,14 @@ class Completer:
             req.path, head + tail[: RETRIEVAL_CHARS // 4], len(head), tuple(sorted(idx.open_paths)),
             tuple(reversed(idx.recent)),
         )  # fmt: skip
-        return self.retriever.select(idx.chunks(), rr, s.context_tokens)
+        # Typing within a line leaves the query unchanged: answer from the last selection.
+        digest = hashlib.blake2b(rr.text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        key = (rr.path, digest, rr.cursor, rr.open_paths, rr.recent_paths, idx.generation, s.context_tokens)
+        if self._retrieved is not None and self._retrieved[0] == key:
+            return self._retrieved[1]
+        chunks = self.retriever.select(idx.chunks(), rr, s.context_tokens)
+        self._retrieved = (key, chunks)
+        return chunks
 
     # -- results shown: repeats and typed-through ----------------------------------------------
 
