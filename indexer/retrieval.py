@@ -64,6 +64,8 @@ def imported_paths(path: str, text: str, known: set[str]) -> set[str]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 modules += [(node.level, base)] + [(node.level, f"{base}.{a.name}".strip(".")) for a in node.names]
+        if tree is None:  # code being typed rarely parses: read the import lines one by one
+            modules = _python_imports_by_line(text)
         for level, mod in modules:
             root = here
             for _ in range(max(level - 1, 0)):
@@ -80,6 +82,22 @@ def imported_paths(path: str, text: str, known: set[str]) -> set[str]:
             found.update(b + ext for ext in _JS_EXTS if b + ext in known)
     found.discard(path)
     return found
+
+
+_PY_FROM = re.compile(r"^[ \t]*from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+(?:\(([\w\s,.]+)\)?|([\w \t,.]+))", re.M)
+_PY_IMPORT = re.compile(r"^[ \t]*import[ \t]+([\w \t,.]+)$", re.M)
+
+
+def _python_imports_by_line(text: str) -> list[tuple[int, str]]:
+    """(level, module) pairs of the import statements in Python text that does not parse as a whole."""
+    modules: list[tuple[int, str]] = []
+    for m in _PY_FROM.finditer(text):
+        level, base = len(m.group(1)), m.group(2)
+        names = [n.split(" as ")[0].strip() for n in (m.group(3) or m.group(4)).split(",")]
+        modules += [(level, base)] + [(level, f"{base}.{n}".strip(".")) for n in names if n.isidentifier()]
+    for m in _PY_IMPORT.finditer(text):
+        modules += [(0, n.split(" as ")[0].strip()) for n in m.group(1).split(",") if n.strip()]
+    return modules
 
 
 def _shingles(tokens: Sequence[int], n: int = 5) -> set[tuple[int, ...]]:

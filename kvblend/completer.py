@@ -30,10 +30,12 @@ from blend.loader import LoadedModel
 from blend.prompt import fim_prompt, model_fim_order, repo_header
 from blend.sampling import Sampler, SamplingParams
 from blend.tokenizer import FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, REPO_NAME
+from capsule import CapsuleStore, resume_logits
 from indexer.chunker import Chunk
 from indexer.indexer import Indexer
 from indexer.retrieval import RetrievalRequest, Retriever
 from indexer.secrets import find_secret, is_secret_path
+from kvblend.capsules import CapsuleKeeper
 from kvblend.settings import Settings
 from kvblend.stats import Stats
 from kvblend.stops import cut as cut_text
@@ -77,6 +79,11 @@ class _Session:
     context: list[str]
     tokens: list[int]  # every token whose KV `cache` holds, in order
     cache: KVCache
+    prompt_len: int = 0  # tokens of the last prompt (context + local prompt); generated ones follow
+    prompt_logits: torch.Tensor | None = None  # [vocab] after the last prompt token (a capsule's boundary)
+    uri: str = ""
+    text: str = ""  # the document text of the last prompt
+    version: int | None = None
 
 
 @dataclasses.dataclass
@@ -91,8 +98,15 @@ class _Shown:
 
 
 class Completer:
-    def __init__(self, lm: LoadedModel, settings: Settings | None = None, indexer: Indexer | None = None) -> None:
+    def __init__(
+        self,
+        lm: LoadedModel,
+        settings: Settings | None = None,
+        indexer: Indexer | None = None,
+        capsules: CapsuleStore | None = None,
+    ) -> None:
         self.lm = lm
+        self.capsules = CapsuleKeeper(capsules, lm.fingerprint) if capsules is not None else None
         self.settings = settings or Settings()
         self.indexer = indexer
         self.retriever = Retriever()
@@ -230,11 +244,28 @@ class Completer:
                 logits = model.prefill(torch.tensor(full[n:], device=model.device), session.cache)
             timings["prefill"] = _ms(t)
             session.tokens = full
+            self._mark(session, req, logits)
             self._sessions.move_to_end(req.path)
             return logits, session, len(full), {"context": context, "prefilled": len(full) - n, "reused": n,
                                                 "kv_path": "session"}  # fmt: skip
-        logits, cache, prefilled, kv_path = self._build(header, chunks, ctx_tokens, local, timings)
+        extra = max(s.max_tokens, s.max_line_tokens) + 16
+        resumed = None
+        if self.capsules is not None and s.session_reuse:
+            t = time.perf_counter()
+            resumed = self.capsules.resume(req.uri or req.path, full, len(ctx_tokens), extra)
+            if resumed is not None:
+                with torch.inference_mode():
+                    logits = resume_logits(model, resumed.state, full[resumed.keep :])
+                timings["capsule"] = _ms(t)
+                cache, prefilled, kv_path = resumed.state.cache, len(full) - resumed.keep, "capsule"
+        if resumed is None:
+            logits, cache, prefilled, kv_path = self._build(header, chunks, ctx_tokens, local, timings)
         session = _Session(keys, context, full, cache)
+        self._mark(session, req, logits)
+        if self.capsules is not None and s.session_reuse and kv_path != "capsule":
+            t = time.perf_counter()  # a new context: worth keeping (an undo or a return to it restores it)
+            self.capsules.take(req.uri or req.path, cache, full, logits, req.text, req.version)
+            timings["snapshot"] = _ms(t)
         if s.session_reuse:
             self._sessions[req.path] = session
             self._sessions.move_to_end(req.path)
@@ -242,6 +273,11 @@ class Completer:
                 self._sessions.popitem(last=False)
         return logits, session, len(full), {"context": context, "prefilled": prefilled,
                                             "reused": len(full) - prefilled, "kv_path": kv_path}  # fmt: skip
+
+    @staticmethod
+    def _mark(session: _Session, req: CompletionRequest, logits: torch.Tensor) -> None:
+        session.prompt_len, session.prompt_logits = len(session.tokens), logits
+        session.uri, session.text, session.version = req.uri or req.path, req.text, req.version
 
     def _build(self, header: ChunkKV, chunks: list[Chunk], ctx_tokens: list[int], local: list[int], timings):
         """KV of context + local prompt from scratch, by the configured mode: (logits, cache, prefilled, mode)."""
@@ -328,6 +364,23 @@ class Completer:
             return Completion(e.text[typed:], source, source=source, multiline="\n" in e.text)
         return None
 
+    # -- capsules on request (LSP kvblend/capsule.*) --------------------------------------------
+
+    def capsule_snapshot(self, uri: str) -> dict:
+        """Capture the live session of `uri` at its last prompt boundary."""
+        if self.capsules is None:
+            raise ValueError("capsules are off in this server")
+        with self._lock:
+            session = next((x for x in self._sessions.values() if x.uri == uri), None)
+            if session is None or session.prompt_logits is None:
+                raise ValueError(f"no live session for {uri}: request a completion in it first")
+            n = session.prompt_len
+            session.cache.truncate(n)  # drop generated tokens: the capsule ends at the prompt
+            session.tokens = session.tokens[:n]
+            c = self.capsules.take(uri, session.cache, session.tokens, session.prompt_logits, session.text,
+                                   session.version)  # fmt: skip
+            return c.info()
+
     # -- reporting -----------------------------------------------------------------------------
 
     def snapshot_stats(self) -> dict:
@@ -347,6 +400,8 @@ class Completer:
             stores["index_chunks"] = len(self.indexer.chunks())
             stores["kv_store_bytes"] = self.indexer.store.nbytes()
             stores["precompute_queue"] = len(self.indexer.queue)
+        if self.capsules is not None:
+            stores["capsules"] = self.capsules.store.stats()
         out["stores"] = stores
         out["last"] = self.last
         out["settings"] = dataclasses.asdict(self.settings)

@@ -45,6 +45,7 @@ class ServerOptions:
     cache_dir: Path | None = None  # None: <workspace>/.kvblend/cache
     index: bool = True  # index the workspace (off: local prompt only)
     watch: bool = True  # the server-side watchdog watcher
+    capsule_memory_bytes: int = 1 << 30  # capsules kept in RAM; older ones spill to <cache>/capsules
 
 
 class Backend:
@@ -69,6 +70,8 @@ class Backend:
         self._progress_token = "kvblend-indexing"
         self._last_progress = 0.0
         self._progress_active = False
+        self._gate = None
+        self._gate_stamp = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -110,7 +113,7 @@ class Backend:
                 log.exception("indexer failed to start")
                 self.show(types.MessageType.Warning, f"kvblend: workspace not indexed: {e}")
         self.indexer = indexer
-        self.completer = Completer(lm, self.settings, indexer)
+        self.completer = Completer(lm, self.settings, indexer, self._make_capsules())
         self.loaded.set_result(self.completer)
         if indexer is None:
             self.send_status(methods.StatusParams("ready", "no workspace index"))
@@ -130,6 +133,18 @@ class Backend:
         store = StoreConfig(tiers=tiers, redis_url=self.options.redis_url)
         cfg = IndexerConfig(self.root, cache_dir=self.options.cache_dir, store=store)
         return Indexer(cfg, lm, progress=self._on_progress)
+
+    def _make_capsules(self):
+        from capsule import CapsuleConfig, CapsuleStore
+
+        disk = None
+        if self.root is not None:
+            disk = (self.options.cache_dir or self.root / ".kvblend" / "cache") / "capsules"
+        try:
+            return CapsuleStore(CapsuleConfig(memory_bytes=self.options.capsule_memory_bytes, disk_dir=disk))
+        except OSError as e:  # an unwritable cache directory: capsules in memory only
+            log.warning("capsule spill directory %s unusable (%s): memory only", disk, e)
+            return CapsuleStore(CapsuleConfig(memory_bytes=self.options.capsule_memory_bytes))
 
     def _index(self) -> None:
         idx = self.indexer
@@ -281,6 +296,72 @@ class Backend:
         req = CompletionRequest(lsp_relative(uri, self.root), doc.source, cursor, uri, doc.version)
         fut = self.executor.submit(self.completer.warm, req)
         fut.add_done_callback(_log_failure)
+
+    # -- capsules and agent edits --------------------------------------------------------------
+
+    async def capsule(self, method: str, params: dict):
+        """Run a kvblend/capsule.* request on the model thread (it touches live sessions)."""
+        completer = await asyncio.wrap_future(self.loaded)
+        keeper = completer.capsules
+        if keeper is None:
+            raise JsonRpcInvalidParams("capsules are off in this server")
+        calls = {
+            methods.CAPSULE_SNAPSHOT: lambda: completer.capsule_snapshot(params["uri"]),
+            methods.CAPSULE_RESTORE: lambda: keeper.pin(params["id"]),
+            methods.CAPSULE_UNDO: lambda: keeper.undo(params["uri"]),
+            methods.CAPSULE_FORK: lambda: {"branches": keeper.fork(params["id"], params["n"])},
+            methods.CAPSULE_LIST: lambda: keeper.list(params.get("uri")),
+            methods.CAPSULE_DROP: lambda: {"dropped": keeper.drop(params["id"])},
+        }
+        try:
+            return await self.loop.run_in_executor(self.executor, calls[method])
+        except ValueError as e:  # unknown capsule, no live session, fork n < 1
+            raise JsonRpcInvalidParams(f"{method}: {e}") from None
+
+    def gate(self):
+        """The ledger's gate for this workspace, rebuilt when the policy file changes (a broken policy denies)."""
+        from ledger import Gate, LedgerConfig
+
+        if self.root is None:
+            raise JsonRpcInvalidParams("applyAgentEdit needs a workspace folder")
+        policy = self.root / LedgerConfig().policy_file
+        stamp = policy.stat().st_mtime_ns if policy.exists() else None
+        if self._gate is None or self._gate_stamp != stamp:
+            self._gate, self._gate_stamp = Gate(self.root), stamp
+        return self._gate
+
+    async def apply_agent_edit(self, params: dict) -> dict:
+        """Check an agent's WorkspaceEdit with the ledger; an allowed one is snapshotted (capsules of the
+        open documents it touches) and sent to the client as workspace/applyEdit."""
+        from lsp_server.convert import lsp_file_changes
+
+        try:
+            edit = self.server.protocol._converter.structure(params.get("edit"), types.WorkspaceEdit)
+        except Exception as e:
+            raise JsonRpcInvalidParams(f"{methods.APPLY_AGENT_EDIT}: 'edit' is not a WorkspaceEdit: {e}") from None
+        changes = lsp_file_changes(edit, self.server.workspace, self.root)
+        gate = self.gate()
+        decision = await self.loop.run_in_executor(None, gate.check, changes, bool(params.get("approved")))
+        out = decision.to_dict() | {"applied": False}
+        if not decision.allowed:
+            return out
+        if self.completer is not None and self.completer.capsules is not None:
+            for uri in {u for u in (edit.changes or {})} | {
+                op.text_document.uri for op in edit.document_changes or [] if isinstance(op, types.TextDocumentEdit)
+            }:
+                try:
+                    out.setdefault("capsules", []).append(
+                        (await self.loop.run_in_executor(self.executor, self.completer.capsule_snapshot, uri))["id"]
+                    )
+                except ValueError:
+                    pass  # no live session for that document: nothing to keep
+        result = await self.server.workspace_apply_edit_async(
+            types.ApplyWorkspaceEditParams(edit=edit, label=params.get("label") or "kvblend agent edit")
+        )
+        out["applied"] = bool(result.applied)
+        if not result.applied:
+            out["failureReason"] = result.failure_reason or "the client did not apply the edit"
+        return out
 
     # -- files and feedback --------------------------------------------------------------------
 

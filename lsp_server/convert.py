@@ -101,3 +101,69 @@ def lsp_change_cursor(doc: TextDocument, change) -> int | None:
         return min(len(doc.source), doc.offset_at_position(rng.start) + len(change.text))
     except (IndexError, ValueError):
         return None
+
+
+def lsp_file_changes(edit: types.WorkspaceEdit, workspace, root: Path | None) -> list:
+    """The ledger's view of a WorkspaceEdit: one FileChange per file, with whole old and new texts.
+
+    Text edits apply to the server's copy of an open document, else to the file on disk. Paths inside the
+    workspace become relative; any other path is passed on as it is, for the gate to refuse."""
+    from ledger import FileChange
+
+    def rel(uri: str) -> str:
+        path = lsp_path(uri)
+        if path is None:
+            raise JsonRpcInvalidParams(f"applyAgentEdit: not a file URI: {uri}")
+        if root is not None:
+            try:
+                return Path(os.path.normpath(path)).relative_to(root).as_posix()
+            except ValueError:
+                pass
+        return str(path)
+
+    def old_text(uri: str) -> str:
+        doc = workspace.text_documents.get(uri)
+        if doc is not None:
+            return doc.source
+        path = lsp_path(uri)
+        try:
+            return path.read_text(encoding="utf-8") if path is not None else ""
+        except FileNotFoundError:
+            raise JsonRpcInvalidParams(f"applyAgentEdit: {uri} does not exist (use a CreateFile operation)") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise JsonRpcInvalidParams(f"applyAgentEdit: cannot read {uri}: {e}") from None
+
+    def edited(uri: str, edits) -> FileChange:
+        before = old_text(uri)
+        doc = TextDocument(uri, before, position_codec=workspace.position_codec)
+        spans = []
+        for e in edits:
+            a, b = lsp_offset(doc, e.range.start), lsp_offset(doc, e.range.end)
+            if b < a:
+                raise JsonRpcInvalidParams(f"applyAgentEdit: reversed range in an edit of {uri}")
+            spans.append((a, b, e.new_text))
+        spans.sort(key=lambda s: (s[0], s[1]))
+        for (_, b1, _), (a2, _, _) in zip(spans, spans[1:], strict=False):
+            if a2 < b1:
+                raise JsonRpcInvalidParams(f"applyAgentEdit: overlapping edits in {uri}")
+        after = before
+        for a, b, text in reversed(spans):
+            after = after[:a] + text + after[b:]
+        return FileChange.build("edit", rel(uri), before, after)
+
+    changes: list = []
+    for uri, edits in (edit.changes or {}).items():
+        changes.append(edited(uri, edits))
+    for op in edit.document_changes or []:
+        if isinstance(op, types.TextDocumentEdit):
+            changes.append(edited(op.text_document.uri, op.edits))
+        elif isinstance(op, types.CreateFile):
+            changes.append(FileChange.build("create", rel(op.uri), None, ""))
+        elif isinstance(op, types.DeleteFile):
+            changes.append(FileChange.build("delete", rel(op.uri), old_text(op.uri), None))
+        elif isinstance(op, types.RenameFile):
+            text = old_text(op.old_uri)
+            changes.append(FileChange.build("rename", rel(op.old_uri), text, text, new_path=rel(op.new_uri)))
+    if not changes:
+        raise JsonRpcInvalidParams("applyAgentEdit: the edit changes nothing")
+    return changes

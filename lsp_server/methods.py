@@ -2,6 +2,15 @@
 
 Requests (client -> server):
     kvblend/stats                 {}                                  -> StatsResult (dict)
+    kvblend/capsule.snapshot      {uri}                               -> capsule info {id, uri, tokens, bytes, ...}
+    kvblend/capsule.restore       {id}                                -> capsule info (the next request resumes it)
+    kvblend/capsule.undo          {uri}                               -> capsule info of the parent, or null
+    kvblend/capsule.fork          {id, n}                             -> {branches: [branch ids]}
+    kvblend/capsule.list          {uri?}                              -> [capsule info]
+    kvblend/capsule.drop          {id}                                -> {dropped: bool}
+    kvblend/applyAgentEdit        {edit: WorkspaceEdit, label?, approved?}
+                                  -> {decision, reasons, applied}     (the ledger's gate; allowed edits are
+                                                                       sent to the client as workspace/applyEdit)
 Notifications (client -> server):
     kvblend/didShowCompletion     {uri, text}
     kvblend/didAcceptCompletion   {uri, text, acceptedLength?}        (acceptedLength < len(text): partial)
@@ -21,6 +30,13 @@ STATS = "kvblend/stats"
 DID_SHOW = "kvblend/didShowCompletion"
 DID_ACCEPT = "kvblend/didAcceptCompletion"
 STATUS = "kvblend/status"
+CAPSULE_SNAPSHOT = "kvblend/capsule.snapshot"
+CAPSULE_RESTORE = "kvblend/capsule.restore"
+CAPSULE_UNDO = "kvblend/capsule.undo"
+CAPSULE_FORK = "kvblend/capsule.fork"
+CAPSULE_LIST = "kvblend/capsule.list"
+CAPSULE_DROP = "kvblend/capsule.drop"
+APPLY_AGENT_EDIT = "kvblend/applyAgentEdit"
 STATES = ("loading", "indexing", "ready", "error")
 
 
@@ -80,6 +96,21 @@ def parse_accept(params: Any) -> AcceptParams:
     return AcceptParams(_field(d, "uri", str, DID_ACCEPT), text, n)
 
 
+def parse_fields(params: Any, method: str, **fields: type) -> dict:
+    """The named fields of a custom request's params, type-checked; a field typed `type(None) | T` is
+    optional."""
+    d = _object(params, method)
+    out = {}
+    for name, kind in fields.items():
+        if name not in d and isinstance(kind, tuple) and type(None) in kind:
+            out[name] = None
+            continue
+        out[name] = _field(d, name, kind, method)
+        if kind is int and isinstance(out[name], bool):
+            raise JsonRpcInvalidParams(f"{method}: field {name!r} must be an integer, got {out[name]!r}")
+    return out
+
+
 def _object(params: Any, method: str) -> dict:
     d = plain(params)
     if d is None:
@@ -89,8 +120,9 @@ def _object(params: Any, method: str) -> dict:
     return d
 
 
-def _field(d: dict, name: str, kind: type, method: str):
+def _field(d: dict, name: str, kind, method: str):
     value = d.get(name)
     if not isinstance(value, kind):
-        raise JsonRpcInvalidParams(f"{method}: field {name!r} must be a {kind.__name__}, got {value!r}")
+        names = " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+        raise JsonRpcInvalidParams(f"{method}: field {name!r} must be a {names}, got {value!r}")
     return value

@@ -103,4 +103,38 @@ def build_server(options: ServerOptions | None = None) -> KvblendServer:
         ls.backend.counters["accepted_partial"] += p.partial
         ls.backend.counters["accepted_chars"] += p.accepted_length
 
+    @server.feature(methods.CAPSULE_SNAPSHOT)
+    async def capsule_snapshot(ls: KvblendServer, params: Any) -> dict:
+        p = methods.parse_fields(params, methods.CAPSULE_SNAPSHOT, uri=str)
+        return await ls.backend.capsule(methods.CAPSULE_SNAPSHOT, p)
+
+    @server.feature(methods.CAPSULE_RESTORE)
+    async def capsule_restore(ls: KvblendServer, params: Any) -> dict:
+        p = methods.parse_fields(params, methods.CAPSULE_RESTORE, id=str)
+        return await ls.backend.capsule(methods.CAPSULE_RESTORE, p)
+
+    @server.feature(methods.CAPSULE_UNDO)
+    async def capsule_undo(ls: KvblendServer, params: Any) -> dict | None:
+        p = methods.parse_fields(params, methods.CAPSULE_UNDO, uri=str)
+        return await ls.backend.capsule(methods.CAPSULE_UNDO, p)
+
+    @server.feature(methods.CAPSULE_FORK)
+    async def capsule_fork(ls: KvblendServer, params: Any) -> dict:
+        p = methods.parse_fields(params, methods.CAPSULE_FORK, id=str, n=int)
+        return await ls.backend.capsule(methods.CAPSULE_FORK, p)
+
+    @server.feature(methods.CAPSULE_LIST)
+    async def capsule_list(ls: KvblendServer, params: Any) -> list:
+        p = methods.parse_fields(params, methods.CAPSULE_LIST, uri=(str, type(None)))
+        return await ls.backend.capsule(methods.CAPSULE_LIST, p)
+
+    @server.feature(methods.CAPSULE_DROP)
+    async def capsule_drop(ls: KvblendServer, params: Any) -> dict:
+        p = methods.parse_fields(params, methods.CAPSULE_DROP, id=str)
+        return await ls.backend.capsule(methods.CAPSULE_DROP, p)
+
+    @server.feature(methods.APPLY_AGENT_EDIT)
+    async def apply_agent_edit(ls: KvblendServer, params: Any) -> dict:
+        return await ls.backend.apply_agent_edit(methods.plain(params) or {})
+
     return server

@@ -63,3 +63,11 @@ def test_budget_is_respected(chunks):
     picked = r.select(chunks, _req())
     assert sum(c.n_tokens for c in picked) <= 40 and picked
     assert r.select(chunks, _req(), budget_tokens=0) == []
+
+
+def test_imports_of_code_that_does_not_parse():
+    from indexer.retrieval import imported_paths
+
+    known = {"shop/units.py", "shop/prices.py", "pkg/x/y.py", "os_helpers.py"}
+    text = "from shop import units\nfrom .x import (y,\n    z)\nimport shop.prices as p\n\ndef weigh(kg):\n"
+    assert imported_paths("pkg/app.py", text, known) == {"shop/units.py", "shop/prices.py", "pkg/x/y.py"}

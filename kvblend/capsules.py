@@ -1,0 +1,126 @@
+"""Capsules in the completion service: snapshots at committed boundaries, resume by longest token prefix.
+
+A capsule is taken at the prompt boundary (repository context + local prompt, with the prompt's logits):
+- after every request that built a new context (a blend: the expensive step worth keeping),
+- when a client asks (`kvblend/capsule.snapshot`) and before an agent edit is applied.
+A request whose document session cannot be reused (another context was selected, the session was evicted)
+looks for the capsule sharing the longest token prefix with its prompt; when that prefix covers the whole
+repository context it restores it (O(1) when the whole capsule matches) and prefills only the rest. An
+undo that brings the document and cursor back to a captured state matches a capsule exactly: its logits
+are used as they are, with no prefill at all. Each document's capsules form an undo tree (`SessionTree`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+
+import torch
+
+from blend.kv_cache import KVCache
+from capsule import CapsuleStore, SessionTree, restore, snapshot, text_hash
+from capsule.capsule import Capsule, RestoredState
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Resumed:
+    state: RestoredState
+    keep: int  # tokens of the prompt taken from the capsule
+    capsule_id: str
+
+
+class CapsuleKeeper:
+    def __init__(self, store: CapsuleStore, fingerprint: str) -> None:
+        self.store = store
+        self.fingerprint = fingerprint
+        self.trees: dict[str, SessionTree] = {}
+        self.pinned: dict[str, str] = {}  # uri -> capsule id a client restored: tried first
+        self._lock = threading.Lock()
+
+    def tree(self, uri: str) -> SessionTree:
+        with self._lock:
+            return self.trees.setdefault(uri, SessionTree(uri))
+
+    def take(
+        self, uri: str, cache: KVCache, tokens: list[int], logits: torch.Tensor, doc_text: str, version: int | None
+    ) -> Capsule:
+        """Snapshot `cache` (exactly `tokens`) with the logits after its last token; committed to the uri's tree."""
+        tree = self.tree(uri)
+        c = snapshot(cache, tokens, logits, self.fingerprint, uri=uri, doc_version=version,
+                     text_hash=text_hash(doc_text), parent=tree.current)  # fmt: skip
+        self.store.put(c)
+        tree.commit(c)
+        return c
+
+    def resume(self, uri: str, prompt: list[int], min_common: int, extra: int) -> Resumed | None:
+        """Restore the capsule sharing the longest prefix (>= `min_common` tokens) with `prompt`.
+
+        Keeps all of a capsule that `prompt` extends or equals (O(1), its logits when equal), else at most
+        len(prompt) - 1 tokens so that one token at least runs for fresh logits."""
+        found = None
+        pin = self.pinned.get(uri)
+        if pin is not None:
+            c = self.store.get(pin, self.fingerprint)
+            if c is not None:
+                found = (c, _common(c.tokens, prompt))
+        if found is None or found[1] < min_common:
+            found = self.store.longest_prefix(uri, prompt, self.fingerprint)
+        if found is None or found[1] < min_common:
+            return None
+        c, n = found
+        keep = n if n == c.n and (n < len(prompt) or c.last_logits is not None) else min(n, len(prompt) - 1)
+        state = restore(c, self.fingerprint, capacity_extra=len(prompt) - keep + extra, n_tokens=keep)
+        if self.pinned.get(uri) == c.id:
+            self.pinned.pop(uri)
+        tree = self.tree(uri)
+        if c.id in tree.nodes:
+            tree.cursors[tree.branch] = c.id
+        return Resumed(state, keep, c.id)
+
+    # -- the LSP / CLI commands ----------------------------------------------------------------
+
+    def pin(self, cid: str) -> dict:
+        c = self.store.get(cid, self.fingerprint)
+        if c is None:
+            raise ValueError(f"unknown capsule {cid!r}")
+        self.pinned[c.uri] = c.id
+        tree = self.tree(c.uri)
+        if c.id in tree.nodes:
+            tree.cursors[tree.branch] = c.id
+        return c.info()
+
+    def undo(self, uri: str) -> dict | None:
+        cid = self.tree(uri).undo()
+        return self.pin(cid) if cid is not None else None
+
+    def fork(self, cid: str, n: int) -> list[str]:
+        c = self.store.get(cid, self.fingerprint)
+        if c is None:
+            raise ValueError(f"unknown capsule {cid!r}")
+        tree = self.tree(c.uri)
+        if c.id not in tree.nodes:
+            tree.commit(c)
+        tree.cursors[tree.branch] = c.id
+        return tree.fork(n)
+
+    def drop(self, cid: str) -> bool:
+        for tree in self.trees.values():
+            if cid in tree.nodes:
+                tree.remove(cid)
+        self.pinned = {u: p for u, p in self.pinned.items() if p != cid}
+        return self.store.drop(cid)
+
+    def list(self, uri: str | None = None) -> list[dict]:
+        return self.store.list(uri)
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
