@@ -253,3 +253,63 @@ async def test_completion_fallback_settings_and_feedback(client: LanguageClient)
     assert s["server"]["accepted_chars"] == 7 and s["acceptance_rate"] == 1.0
     assert s["stores"]["index_chunks"] >= 3
     assert "blob.bin" not in " ".join(s["last"]["context"])
+
+
+async def test_capsule_commands(client: LanguageClient):
+    uri = open_doc(client, client.root / "app" / "main.py")
+    send = client.protocol.send_request_async
+    with pytest.raises(Exception, match="no live session"):
+        await send("kvblend/capsule.snapshot", {"uri": uri})
+    await inline(client, uri, 5, len("    return shapes.compute_hyp"))
+    caps = plain(await send("kvblend/capsule.list", {"uri": uri}))
+    assert len(caps) == 1 and caps[0]["uri"] == uri  # taken automatically after the blend
+    snap = plain(await send("kvblend/capsule.snapshot", {"uri": uri}))
+    assert snap["uri"] == uri and snap["id"] != caps[0]["id"]
+    assert {c["id"] for c in plain(await send("kvblend/capsule.list", {}))} == {caps[0]["id"], snap["id"]}
+    fork = plain(await send("kvblend/capsule.fork", {"id": snap["id"], "n": 2}))
+    assert len(fork["branches"]) == 2
+    assert plain(await send("kvblend/capsule.restore", {"id": caps[0]["id"]}))["id"] == caps[0]["id"]
+    # The next request reuses state (the live session, or the restored capsule): no new blend.
+    await inline(client, uri, 5, len("    return shapes.compute_hy"))
+    s = await stats(client)
+    assert s["last"]["kv_path"] in ("session", "capsule") and s["last"]["tokens_prefilled"] < s["last"]["tokens_reused"]
+    assert plain(await send("kvblend/capsule.drop", {"id": snap["id"]})) == {"dropped": True}
+    assert plain(await send("kvblend/capsule.drop", {"id": snap["id"]})) == {"dropped": False}
+    with pytest.raises(Exception, match="must be a int"):
+        await send("kvblend/capsule.fork", {"id": snap["id"], "n": "two"})
+    with pytest.raises(Exception, match="unknown capsule"):
+        await send("kvblend/capsule.restore", {"id": "nope"})
+
+
+async def test_agent_edits_pass_the_ledger(client: LanguageClient):
+    applied = []
+
+    @client.feature(types.WORKSPACE_APPLY_EDIT)
+    def apply_edit(params: types.ApplyWorkspaceEditParams):
+        applied.append(params.edit)
+        return types.ApplyWorkspaceEditResult(applied=True)
+
+    main = client.root / "app" / "main.py"
+    uri = open_doc(client, main)
+    edit = {"changes": {uri: [{"range": {"start": {"line": 5, "character": 11}, "end": {"line": 5, "character": 29}},
+                               "newText": "shapes.compute_hypotenuse_length(width, height)"}]}}  # fmt: skip
+    result = plain(await client.protocol.send_request_async("kvblend/applyAgentEdit", {"edit": edit}))
+    assert result["decision"] == "allow" and result["applied"] is True
+    assert len(applied) == 1 and next(iter(applied[0].changes)) == uri
+    # Denied: a change inside .git, and a private key written into a file; the client is not asked.
+    git_uri = (client.root / ".git" / "config").as_uri()
+    deny = {"documentChanges": [{"kind": "create", "uri": git_uri}]}
+    result = plain(await client.protocol.send_request_async("kvblend/applyAgentEdit", {"edit": deny}))
+    assert result["decision"] == "deny" and result["applied"] is False and result["reasons"]
+    key = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----\n"
+    secret = {"changes": {uri: [{"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 0}},
+                                 "newText": key}]}}  # fmt: skip
+    result = plain(await client.protocol.send_request_async("kvblend/applyAgentEdit", {"edit": secret}))
+    assert result["decision"] == "deny" and len(applied) == 1
+    with pytest.raises(Exception, match="not a WorkspaceEdit|changes nothing"):
+        await client.protocol.send_request_async("kvblend/applyAgentEdit", {"edit": {"changes": 5}})
+    # Every decision is in the workspace's audit log.
+    from ledger import verify_audit
+
+    ok, bad = verify_audit(client.root / ".kvblend" / "audit.jsonl")
+    assert ok and bad is None
