@@ -1,5 +1,5 @@
 # Two entry points, both self-installing on a fresh machine (Python 3.11 + pip):
-#   make demo   index a sample workspace, blend vs full prefill, and complete a prompt (bundled model)
+#   make demo   index a sample workspace, blend vs full prefill, generate, and complete at a cursor (bundled model)
 #   make test   run the test suite
 PY ?= python3
 VENV ?= .venv
@@ -26,6 +26,9 @@ demo: install
 	$(BIN)/kvblend index examples/sample_repo --json
 	$(BIN)/kvblend bench blend --chunks 4 --chunk-tokens 256 --prompt-tokens 128 --json
 	$(BIN)/kvblend generate --prompt-file examples/prompt.py --max-tokens 48
+	@echo
+	$(BIN)/kvblend complete --file examples/sample_repo/inventory/stock.py --line 12 --col 12 \
+		--workspace examples/sample_repo --json
 
 bench: install
 	$(BIN)/kvblend bench engine --json
