@@ -313,3 +313,28 @@ async def test_agent_edits_pass_the_ledger(client: LanguageClient):
 
     ok, bad = verify_audit(client.root / ".kvblend" / "audit.jsonl")
     assert ok and bad is None
+
+
+async def test_idle_warmup_prepares_the_next_request(client: LanguageClient):
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"warmupMs": 50}))
+    uri = open_doc(client, client.root / "app" / "main.py")
+    line, col = 5, len("    return shapes.compute_hyp")
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+            content_changes=[
+                types.TextDocumentContentChangePartial(
+                    range=types.Range(types.Position(line, col), types.Position(line, col)), text="o"
+                )
+            ],
+        )
+    )
+    t0 = time.monotonic()
+    while (await stats(client))["counters"].get("warmups", 0) < 1:
+        assert time.monotonic() - t0 < 30, "no warm-up happened"
+        await asyncio.sleep(0.05)
+    await inline(client, uri, line, col + 1)
+    s = await stats(client)
+    # The warm-up blended the context and prefilled the prompt: the request itself ran no blend.
+    assert s["counters"].get("kv_blend", 0) == 0 and s["last"]["kv_path"] == "session"
+    assert s["last"]["tokens_prefilled"] <= 2
