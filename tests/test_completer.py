@@ -199,8 +199,6 @@ def test_cli_complete_refuses_binary_and_non_utf8(tmp_path):
     latin = tmp_path / "latin.py"
     latin.write_bytes("s = 'caf\xe9'\n".encode("latin-1"))
     for path, message in ((binary, "binary file"), (latin, "not UTF-8")):
-        out = subprocess.run(
-            [sys.executable, "-m", "kvblend", "complete", "--file", str(path), "--line", "1", "--col", "1", "--no-index"],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        args = ["complete", "--file", str(path), "--line", "1", "--col", "1", "--no-index"]
+        out = subprocess.run([sys.executable, "-m", "kvblend", *args], capture_output=True, text=True, timeout=120)
         assert out.returncode == 1 and message in out.stderr and out.stdout == ""
