@@ -37,6 +37,7 @@ from indexer.retrieval import RetrievalRequest, Retriever
 from indexer.secrets import find_secret, is_secret_path
 from kvblend.capsules import CapsuleKeeper
 from kvblend.settings import Settings
+from kvblend.shown import ShownCache
 from kvblend.stats import Stats
 from kvblend.stops import cut as cut_text
 from kvblend.stops import plan_for, trim_suffix_overlap
@@ -86,17 +87,6 @@ class _Session:
     version: int | None = None
 
 
-@dataclasses.dataclass
-class _Shown:
-    """A result as shown at a cursor: enough to answer a repeat or a typed-through request."""
-
-    path: str
-    offset: int  # cursor offset
-    before: str  # up to 256 characters before the cursor
-    after: str  # up to 256 characters after it
-    text: str
-
-
 class Completer:
     def __init__(
         self,
@@ -115,7 +105,7 @@ class Completer:
         specials = (tok.token_id(t) for t in (FILE_SEP, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, REPO_NAME))
         self.stop_ids = set(tok.eos_ids) | {i for i in specials if i is not None}
         self._sessions: collections.OrderedDict[str, _Session] = collections.OrderedDict()
-        self._shown: collections.deque[_Shown] = collections.deque(maxlen=max(self.settings.result_cache, 1))
+        self._shown = ShownCache(self.settings.result_cache)
         self._header: ChunkKV | None = None
         self._retrieved: tuple | None = None  # (query key, chunks) of the last retrieval
         self.last: dict = {}  # the last request that ran the model (stats, tests)
@@ -130,7 +120,7 @@ class Completer:
         with self._lock:
             self.settings = settings
             self._sessions.clear()  # windows, order or mode may have changed what a prompt is
-            self._shown = collections.deque(self._shown, maxlen=max(settings.result_cache, 1))
+            self._shown.resize(settings.result_cache)
 
     # -- the request ---------------------------------------------------------------------------
 
@@ -162,7 +152,7 @@ class Completer:
         self.stats.count(f"kv_{result.kv_path}")
         self.stats.record(result.timings_ms)
         if result.stop_reason != "cancelled" and result.text:
-            self._remember(req, result.text)
+            self._shown.remember(req.path, req.text, req.cursor, result.text)
         self.last = {k: v for k, v in result.to_dict().items() if k != "text"} | {"path": req.path}
         return result
 
@@ -341,28 +331,13 @@ class Completer:
         self._retrieved = (key, chunks)
         return chunks
 
-    # -- results shown: repeats and typed-through ----------------------------------------------
-
-    def _remember(self, req: CompletionRequest, text: str) -> None:
-        c = req.cursor
-        self._shown.append(_Shown(req.path, c, req.text[max(0, c - 256) : c], req.text[c : c + 256], text))
-
     def _lookup(self, req: CompletionRequest) -> Completion | None:
-        """A result shown earlier at this cursor, or at an earlier cursor whose suggestion the user has been
-        typing (the text typed since is a prefix of it): the rest of it, without the model."""
-        c = req.cursor
-        after = req.text[c : c + 256]
-        for e in reversed(self._shown):
-            typed = c - e.offset
-            if e.path != req.path or not 0 <= typed < len(e.text) or after != e.after:
-                continue
-            if req.text[max(0, e.offset - 256) : e.offset] != e.before:
-                continue
-            if req.text[e.offset : c] != e.text[:typed]:
-                continue
-            source = "cache" if typed == 0 else "typed_through"
-            return Completion(e.text[typed:], source, source=source, multiline="\n" in e.text)
-        return None
+        hit = self._shown.lookup(req.path, req.text, req.cursor)
+        if hit is None:
+            return None
+        text, typed = hit
+        source = "cache" if typed == 0 else "typed_through"
+        return Completion(text, source, source=source, multiline="\n" in text)
 
     # -- capsules on request (LSP kvblend/capsule.*) --------------------------------------------
 

@@ -117,7 +117,7 @@ def test_typed_through_and_repeat_answer_without_the_model(lm, indexer):
     assert first.source == "model"
     # What the cache answers does not depend on what the model said: pin the shown suggestion.
     shown = "helpers.format_invoice_total(amount)"
-    c._remember(req, shown)
+    c._shown.remember(req.path, req.text, req.cursor, shown)
     again = c.complete(req)
     assert (again.source, again.text) == ("cache", shown)
     nxt = c.complete(request(APP, "    total = ", extra="help"))

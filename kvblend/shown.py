@@ -1,0 +1,45 @@
+"""Results shown to the user, kept to answer a repeated request or a typed-through one without the model.
+
+Typed-through: the user typed the first characters of a suggestion shown at an earlier cursor (the text
+typed since equals its start, and the text around it is unchanged): the rest of the suggestion answers.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+WINDOW = 256  # characters before and after the cursor that must be unchanged for a hit
+
+
+@dataclasses.dataclass(frozen=True)
+class Shown:
+    path: str
+    offset: int  # cursor offset
+    before: str  # up to WINDOW characters before the cursor
+    after: str  # up to WINDOW characters after it
+    text: str  # the suggestion
+
+
+class ShownCache:
+    def __init__(self, size: int) -> None:
+        self._items: collections.deque[Shown] = collections.deque(maxlen=max(size, 1))
+
+    def resize(self, size: int) -> None:
+        self._items = collections.deque(self._items, maxlen=max(size, 1))
+
+    def remember(self, path: str, text: str, cursor: int, suggestion: str) -> None:
+        before, after = text[max(0, cursor - WINDOW) : cursor], text[cursor : cursor + WINDOW]
+        self._items.append(Shown(path, cursor, before, after, suggestion))
+
+    def lookup(self, path: str, text: str, cursor: int) -> tuple[str, int] | None:
+        """(the rest of a shown suggestion, characters of it typed since) for this cursor, or None."""
+        after = text[cursor : cursor + WINDOW]
+        for e in reversed(self._items):
+            typed = cursor - e.offset
+            if e.path != path or not 0 <= typed < len(e.text) or after != e.after:
+                continue
+            if text[max(0, e.offset - WINDOW) : e.offset] != e.before or text[e.offset : cursor] != e.text[:typed]:
+                continue
+            return e.text[typed:], typed
+        return None
