@@ -120,6 +120,25 @@ class Backend:
             return
         await self._begin_progress()
         threading.Thread(target=self._index, name="kvblend-index", daemon=True).start()
+        await self._watch_files()
+
+    async def _watch_files(self) -> None:
+        """Ask the client for workspace/didChangeWatchedFiles (dynamic registration), besides our watcher:
+        the client also sees changes the server's watcher cannot (remote file systems, its own saves)."""
+        ws = self.server.client_capabilities.workspace
+        dcw = ws.did_change_watched_files if ws else None
+        if not (dcw and dcw.dynamic_registration):
+            return
+        watcher = types.FileSystemWatcher(glob_pattern="**/*")
+        reg = types.Registration(
+            id="kvblend-watch",
+            method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES,
+            register_options=types.DidChangeWatchedFilesRegistrationOptions(watchers=[watcher]),
+        )
+        try:
+            await self.server.client_register_capability_async(types.RegistrationParams(registrations=[reg]))
+        except Exception as e:  # the client refused: the server-side watcher still runs
+            log.info("client refused file watching: %s", e)
 
     def _load(self):
         from blend.loader import load_model

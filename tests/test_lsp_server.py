@@ -59,7 +59,12 @@ async def client(lsp_client: LanguageClient, tmp_path):
     root = make_workspace(tmp_path / "ws")
     lsp_client.statuses = []
     lsp_client.feature("kvblend/status")(lambda params: lsp_client.statuses.append(params))
-    caps = types.ClientCapabilities(window=types.WindowClientCapabilities(work_done_progress=True))
+    caps = types.ClientCapabilities(
+        window=types.WindowClientCapabilities(work_done_progress=True),
+        workspace=types.WorkspaceClientCapabilities(
+            did_change_watched_files=types.DidChangeWatchedFilesClientCapabilities(dynamic_registration=True)
+        ),
+    )
     await lsp_client.initialize_session(
         types.InitializeParams(
             capabilities=caps,
@@ -338,3 +343,18 @@ async def test_idle_warmup_prepares_the_next_request(client: LanguageClient):
     # The warm-up blended the context and prefilled the prompt: the request itself ran no blend.
     assert s["counters"].get("kv_blend", 0) == 0 and s["last"]["kv_path"] == "session"
     assert s["last"]["tokens_prefilled"] <= 2
+
+
+async def test_watched_file_changes_reach_the_index(client: LanguageClient):
+    before = (await stats(client))["stores"]["index_chunks"]
+    new = client.root / "geometry" / "circles.py"
+    new.write_text('"""Circles."""\n\n\ndef circle_circumference(radius):\n    return 2 * 3.14159 * radius\n')
+    client.workspace_did_change_watched_files(
+        types.DidChangeWatchedFilesParams(
+            changes=[types.FileEvent(uri=new.as_uri(), type=types.FileChangeType.Created)]
+        )
+    )
+    t0 = time.monotonic()
+    while (await stats(client))["stores"]["index_chunks"] <= before:
+        assert time.monotonic() - t0 < 30, "the new file never reached the index"
+        await asyncio.sleep(0.1)
