@@ -29,6 +29,7 @@ from blend.config import ModelConfig
 from blend.kv_cache import KVCache
 from blend.model import Transformer
 from triton_kernels import kv_deviation, kv_scatter, rope_rerotate
+from triton_kernels.rope_rerotate import rerotate_angles
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +103,25 @@ def _chunk_bounds(chunks: list[ChunkKV]) -> list[int]:
     return bounds
 
 
-def _fill_reused(model: Transformer, i: int, chunks: list[ChunkKV], bounds: list[int], cache: KVCache) -> None:
+def _moves(model: Transformer, chunks: list[ChunkKV], bounds: list[int], cache: KVCache) -> list:
+    """Per chunk: None when it stays where it was precomputed, else (delta [n], angles) to move its keys by;
+    the same for every layer, so the angles are computed once per blend."""
+    out = []
+    for c, start in zip(chunks, bounds, strict=False):
+        delta = cache.positions[start : start + len(c)] - c.positions.to(cache.positions.device)  # [n]
+        out.append((delta, rerotate_angles(delta, model.inv_freq)) if bool(delta.any()) else None)
+    return out
+
+
+def _fill_reused(
+    model: Transformer, i: int, chunks: list[ChunkKV], bounds: list[int], cache: KVCache, moves: list
+) -> None:
     """Write every chunk's layer-i KV into the fused cache, keys moved to their new positions."""
     k_store, v_store = cache.layer(i)  # [n_kv_heads, capacity, head_dim]
-    for c, start in zip(chunks, bounds, strict=False):
+    for c, start, move in zip(chunks, bounds, moves, strict=False):
         end = start + len(c)
-        delta = cache.positions[start:end] - c.positions.to(cache.positions.device)  # [n]
         k = c.k[i].to(device=k_store.device, dtype=k_store.dtype)
-        k_store[:, start:end] = rope_rerotate(k, delta, model.inv_freq) if bool(delta.any()) else k
+        k_store[:, start:end] = k if move is None else rope_rerotate(k, move[0], model.inv_freq, angles=move[1])
         v_store[:, start:end] = c.v[i]
 
 
@@ -138,6 +150,7 @@ def blend(
     cache = model.new_cache(total + extra_capacity)
     cache.set_positions(cache.reserve(total), positions)
     (cos, sin), masks = model.step_plan(positions, cache, slice(0, total))  # cos, sin: [total, head_dim]
+    moves = _moves(model, chunks, bounds, cache)
     forced = torch.zeros(total, dtype=torch.bool, device=dev)
     forced[n_ctx:] = True  # the local prompt is always computed
     if cfg.chunk_start_tokens:
@@ -153,7 +166,7 @@ def blend(
             h = model.layer_step(i, h, positions, cache, slice(0, total), (cos, sin), masks[i])
             t_layers += time.perf_counter() - t_layer
             continue
-        _fill_reused(model, i, chunks, bounds, cache)
+        _fill_reused(model, i, chunks, bounds, cache, moves)
         k_store, v_store = cache.layer(i)
         q, k, v = model.layer_qkv(i, h, (cos[active], sin[active]))  # q: [heads, n_active, D]
         if i in cfg.check_layers:
@@ -182,8 +195,9 @@ def naive(model: Transformer, chunks: list[ChunkKV], prompt: torch.Tensor, extra
     n_ctx = bounds[-1]
     cache = model.new_cache(n_ctx + prompt.shape[0] + extra_capacity)
     cache.set_positions(cache.reserve(n_ctx), torch.arange(n_ctx, device=model.device))
+    moves = _moves(model, chunks, bounds, cache)
     for i in range(model.cfg.n_layers):
-        _fill_reused(model, i, chunks, bounds, cache)
+        _fill_reused(model, i, chunks, bounds, cache, moves)
     logits = model.prefill(prompt.to(model.device), cache)
     return BlendResult(logits, cache, torch.arange(n_ctx, cache.n), {"total_s": time.perf_counter() - t0})
 

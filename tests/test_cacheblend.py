@@ -57,7 +57,7 @@ def test_ratio_zero_equals_naive_and_differs_from_full(models, name):
 
 
 def test_moving_a_chunk_equals_precomputing_it_there(models):
-    from blend.cacheblend import _fill_reused
+    from blend.cacheblend import _fill_reused, _moves
 
     model = models["llama-gqa"]
     g = torch.Generator().manual_seed(4)
@@ -67,8 +67,9 @@ def test_moving_a_chunk_equals_precomputing_it_there(models):
     atd = precompute_chunk(model, toks, offset=d)
     cache = model.new_cache(d + 50)
     cache.set_positions(cache.reserve(d + 50), torch.arange(d + 50))
+    moves = _moves(model, [at0], [d], cache)
     for i in range(model.cfg.n_layers):
-        _fill_reused(model, i, [at0], [d], cache)
+        _fill_reused(model, i, [at0], [d], cache, moves)
     assert (cache.k[:, :, d:] - atd.k).abs().max().item() < 1e-5
     assert (cache.v[:, :, d:] - atd.v).abs().max().item() < 1e-5
     assert torch.equal(cache.v[0, :, d:], atd.v[0])  # layer 0 V depends on the token alone

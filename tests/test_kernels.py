@@ -363,3 +363,14 @@ def test_cuda_auto_path_picks_triton(monkeypatch):
     torch.testing.assert_close(kvd.kv_deviation(k, k.flip(1)), dev_expect, rtol=1e-4, atol=1e-4)
     kvs.kv_scatter(dst, k, index)
     assert torch.equal(dst, dst_expect)
+
+
+def test_rope_rerotate_with_precomputed_angles_equals_computing_them():
+    k = torch.randn(3, 37, 24)
+    delta = torch.randint(-5000, 40000, (37,))
+    f = inv_freq(24)
+    same = rr.rope_rerotate(k, delta, f, impl="torch", angles=rr.rerotate_angles(delta, f))
+    assert torch.equal(same, rr.rope_rerotate(k, delta, f, impl="torch"))
+    # Angles of another delta rotate by that delta instead: they are used, not recomputed.
+    other = rr.rope_rerotate(k, delta, f, impl="torch", angles=rr.rerotate_angles(delta + 1, f))
+    assert torch.equal(other, rr.rope_rerotate(k, delta + 1, f, impl="torch"))

@@ -80,11 +80,14 @@ def rope_rerotate(
     inv_freq: torch.Tensor,
     interleaved: bool = False,
     impl: str | None = None,
+    angles: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Rotate every token's key by the angle delta[t] * inv_freq[i]; returns a new tensor.
 
     k: [n_heads, n_tokens, head_dim] float (head_dim even), delta: [n_tokens] int64 (may be negative),
     inv_freq: [head_dim // 2] fp32. Returns [n_heads, n_tokens, head_dim] in k.dtype.
+    `angles`: `rerotate_angles(delta, inv_freq)`, for the torch path when the same delta rotates the keys
+    of every layer (the Triton kernel computes its angles in registers and ignores them).
     Triton path falls back to torch when k's last dim is not contiguous or head_dim > MAX_HEAD_DIM.
     """
     check_ndim(3, k=k)
@@ -100,10 +103,10 @@ def rope_rerotate(
     if inv_freq.dtype != torch.float32 or inv_freq.shape != (head_dim // 2,):
         raise ValueError(f"inv_freq must be fp32 [{head_dim // 2}], got {inv_freq.dtype} {tuple(inv_freq.shape)}")
     if not use_triton(impl, k, delta, inv_freq):
-        return rope_rerotate_ref(k, delta, inv_freq, interleaved)
+        return rope_rerotate_ref(k, delta, inv_freq, interleaved, angles)
     if k.stride(-1) != 1 or head_dim > MAX_HEAD_DIM:
         fall_back("rope_rerotate", f"k strides {k.stride()}, head_dim {head_dim}")
-        return rope_rerotate_ref(k, delta, inv_freq, interleaved)
+        return rope_rerotate_ref(k, delta, inv_freq, interleaved, angles)
 
     out = torch.empty(k.shape, dtype=k.dtype, device=k.device)  # [n_heads, n_tokens, head_dim]
     if out.numel() == 0:
@@ -127,14 +130,24 @@ def rope_rerotate(
     return out
 
 
+def rerotate_angles(delta: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin: [n_tokens, head_dim // 2] fp32 of the angles delta[t] * inv_freq[i] (computed in fp64:
+    deltas of tens of thousands of positions lose digits in fp32)."""
+    angle = delta.to(torch.float64)[:, None] * inv_freq.to(torch.float64)[None, :]  # [n_tokens, half]
+    return angle.cos().float(), angle.sin().float()
+
+
 def rope_rerotate_ref(
-    k: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor, interleaved: bool = False
+    k: torch.Tensor,
+    delta: torch.Tensor,
+    inv_freq: torch.Tensor,
+    interleaved: bool = False,
+    angles: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Plain-torch reference of `rope_rerotate` (same shapes, same contract)."""
-    half = k.shape[-1] // 2
-    angle = delta.to(torch.float64)[:, None] * inv_freq.to(torch.float64)[None, :]  # [n_tokens, half]
-    cos, sin = angle.cos().float(), angle.sin().float()  # [n_tokens, half]
+    cos, sin = angles if angles is not None else rerotate_angles(delta, inv_freq)  # [n_tokens, half]
     x = k.float()  # [n_heads, n_tokens, head_dim]
+    half = k.shape[-1] // 2
     if interleaved:
         x1, x2 = x[..., 0::2], x[..., 1::2]  # [n_heads, n_tokens, half] each
     else:
