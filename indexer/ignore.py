@@ -13,6 +13,8 @@ import logging
 import re
 from pathlib import Path
 
+from ledger.globs import glob_to_regex
+
 log = logging.getLogger(__name__)
 
 KVBLEND_IGNORE = ".kvblend/ignore"
@@ -24,40 +26,6 @@ class Rule:
     negate: bool
     dir_only: bool
     base: str  # directory of the ignore file, relative to the workspace ("" = root)
-
-
-def _translate(pat: str) -> str:
-    out, i = [], 0
-    while i < len(pat):
-        c = pat[i]
-        if pat.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pat.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif c == "*":
-            out.append("[^/]*")
-            i += 1
-        elif c == "?":
-            out.append("[^/]")
-            i += 1
-        elif c == "[":
-            j = pat.find("]", i + 2 if pat[i + 1 : i + 2] in ("!", "]") else i + 1)
-            if j < 0:
-                out.append(re.escape(c))
-                i += 1
-                continue
-            body = pat[i + 1 : j].replace("\\", "\\\\")
-            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-            i = j + 1
-        elif c == "\\" and i + 1 < len(pat):
-            out.append(re.escape(pat[i + 1]))
-            i += 2
-        else:
-            out.append(re.escape(c))
-            i += 1
-    return "".join(out)
 
 
 def parse_rules(lines: list[str], base: str = "") -> list[Rule]:
@@ -79,7 +47,7 @@ def parse_rules(lines: list[str], base: str = "") -> list[Rule]:
             continue
         anchored = "/" in line
         line = line.lstrip("/")
-        regex = _translate(line)
+        regex = glob_to_regex(line)
         if not anchored:
             regex = "(?:.*/)?" + regex
         rules.append(Rule(re.compile(f"^{regex}$", re.DOTALL), negate, dir_only, base))

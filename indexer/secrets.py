@@ -7,41 +7,9 @@ formats). A match never reports the matched text, only the rule's name.
 from __future__ import annotations
 
 import fnmatch
-import re
 from pathlib import PurePosixPath
 
-# Basename globs of files that hold credentials by convention.
-SECRET_NAMES = (
-    ".env",
-    ".env.*",
-    "*.env",
-    "*.pem",
-    "*.key",
-    "*.p12",
-    "*.pfx",
-    "id_rsa*",
-    "id_dsa*",
-    "id_ecdsa*",
-    "id_ed25519*",
-    ".netrc",
-    ".pgpass",
-    "credentials.json",
-)
-
-# name -> pattern of a credential inside text (formats with a fixed, distinctive shape only: generic
-# `password = ...` assignments are too common in code to be refused).
-SECRET_PATTERNS = {
-    "private_key": re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"),
-    "aws_access_key": re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
-    "github_token": re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,})\b"),
-    "gitlab_token": re.compile(r"\bglpat-[A-Za-z0-9_-]{20,}\b"),
-    "slack_token": re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b"),
-    "openai_key": re.compile(r"\bsk-(?:proj-)?[A-Za-z0-9_-]{32,}\b"),
-    "anthropic_key": re.compile(r"\bsk-ant-[A-Za-z0-9_-]{32,}\b"),
-    "google_api_key": re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b"),
-    "huggingface_token": re.compile(r"\bhf_[A-Za-z0-9]{34,}\b"),
-    "stripe_key": re.compile(r"\b[rs]k_live_[A-Za-z0-9]{20,}\b"),
-}
+from ledger.secrets import SECRET_NAMES, SECRET_PATTERNS
 
 
 def is_secret_path(path: str) -> bool:

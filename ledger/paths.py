@@ -23,6 +23,8 @@ import re
 import unicodedata
 from pathlib import Path
 
+from ledger.globs import glob_to_regex
+
 log = logging.getLogger(__name__)
 
 
@@ -89,40 +91,6 @@ def _real_root(root: str) -> str:
     return os.path.realpath(root)
 
 
-def _translate(pat: str) -> str:
-    out, i = [], 0
-    while i < len(pat):
-        c = pat[i]
-        if pat.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pat.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif c == "*":
-            out.append("[^/]*")
-            i += 1
-        elif c == "?":
-            out.append("[^/]")
-            i += 1
-        elif c == "[":
-            j = pat.find("]", i + 2 if pat[i + 1 : i + 2] in ("!", "]") else i + 1)
-            if j < 0:
-                out.append(re.escape(c))
-                i += 1
-                continue
-            body = pat[i + 1 : j].replace("\\", "\\\\")
-            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-            i = j + 1
-        elif c == "\\" and i + 1 < len(pat):
-            out.append(re.escape(pat[i + 1]))
-            i += 2
-        else:
-            out.append(re.escape(c))
-            i += 1
-    return "".join(out)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Glob:
     regex: re.Pattern[str]
@@ -147,7 +115,7 @@ class GlobSet:
             if not pat or pat.startswith("#"):
                 raise ValueError(f"empty glob {raw!r}")
             anchored = "/" in pat
-            regex = _translate(pat.lstrip("/"))
+            regex = glob_to_regex(pat.lstrip("/"))
             if not anchored:
                 regex = "(?:.*/)?" + regex
             self._globs.append(_Glob(re.compile(f"^{regex}$", flags), negate, dir_only))
