@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 export CI=true
-npm ci --no-audit --no-fund
+npm ci --no-audit --no-fund --prefer-offline
+rm -rf out
 npm run compile
 npm test
 npm run package
