@@ -1,4 +1,6 @@
 -- Accepting a suggestion, whole or in part, and the show/accept feedback the server counts.
+local lsp = require("kvblend.lsp")
+
 local M = {}
 
 --- The part of `text` a partial accept takes: "all", "word" (leading blanks and one word or one run of
@@ -44,8 +46,8 @@ end
 local pending = nil ---@type {client: vim.lsp.Client, uri: string, text: string, len: integer, accepted: integer}?
 
 local function notify(client, method, params)
-  if client and not client:is_stopped() then
-    client:notify(method, params)
+  if client and not lsp.is_stopped(client) then
+    lsp.notify(client, method, params)
   end
 end
 

@@ -1,4 +1,6 @@
 -- User commands: :KvblendStats and the capsule commands (snapshot, list, restore, undo, fork, drop).
+local lsp = require("kvblend.lsp")
+
 local M = {}
 
 local METHOD_NOT_FOUND = -32601
@@ -21,7 +23,7 @@ function M.request(method, params, on_result)
   if not c then
     return
   end
-  c:request(method, params, function(err, result)
+  lsp.request(c, method, params, function(err, result)
     if err then
       if err.code == METHOD_NOT_FOUND then
         vim.notify(("kvblend: this server does not support %s (upgrade kvblend)"):format(method), vim.log.levels.WARN)

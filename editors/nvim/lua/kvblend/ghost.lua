@@ -1,6 +1,8 @@
 -- Extmark ghost text for Neovim without vim.lsp.inline_completion (before 0.12), or with ghost = "extmark":
 -- ask the server for textDocument/inlineCompletion after an idle pause in insert mode and draw the first
 -- item as virtual text at the cursor.
+local lsp = require("kvblend.lsp")
+
 local M = {}
 
 local ns = vim.api.nvim_create_namespace("kvblend.ghost")
@@ -11,24 +13,11 @@ local function buf_state(bufnr)
   return state[bufnr]
 end
 
-local function request(client, method, params, handler, bufnr)
-  if vim.fn.has("nvim-0.11") == 1 then
-    return client:request(method, params, handler, bufnr)
-  end
-  return client.request(method, params, handler, bufnr)
-end
-
 function M.clear(bufnr)
   local s = buf_state(bufnr)
   s.item = nil
   if s.request and s.client then
-    pcall(function()
-      if vim.fn.has("nvim-0.11") == 1 then
-        s.client:cancel_request(s.request)
-      else
-        s.client.cancel_request(s.request)
-      end
-    end)
+    pcall(lsp.cancel, s.client, s.request)
   end
   s.request = nil
   if vim.api.nvim_buf_is_valid(bufnr) then
@@ -67,7 +56,7 @@ function M.request(client, bufnr, opts)
   local params = vim.lsp.util.make_position_params(win, client.offset_encoding)
   params.context = { triggerKind = opts.invoked and 1 or 2 }
   local t0 = vim.uv.hrtime()
-  local ok, id = request(client, "textDocument/inlineCompletion", params, function(err, result)
+  local ok, id = lsp.request(client, "textDocument/inlineCompletion", params, function(err, result)
     s.request = nil
     if err or not result or vim.api.nvim_buf_get_changedtick(bufnr) ~= tick then
       return

@@ -169,7 +169,7 @@ function M.set_settings(settings)
   config.options.settings = vim.tbl_deep_extend("force", config.options.settings or {}, settings)
   for _, client in ipairs(vim.lsp.get_clients({ name = NAME })) do
     client.settings = { kvblend = config.options.settings }
-    client:notify("workspace/didChangeConfiguration", { settings = client.settings })
+    require("kvblend.lsp").notify(client, "workspace/didChangeConfiguration", { settings = client.settings })
   end
 end
 
