@@ -205,6 +205,16 @@ def test_partial_accept_commands_and_health(nvim: Nvim):
     assert nvim.request("nvim_get_current_line") == line_before + word
     nvim.request("nvim_input", "<Esc>")
 
+    # With no suggestion shown, <Tab> is an ordinary Tab (typed at once, before any suggestion can arrive).
+    accepted = server_stats(nvim)["server"].get("accepted", 0)
+    nvim.request("nvim_command", "setlocal noautoindent nosmartindent indentexpr=")
+    nvim.request("nvim_input", "Go<Tab>x<Esc>")
+    nvim.wait_for('return vim.api.nvim_get_mode().mode == "n" and vim.api.nvim_get_current_line():sub(-1) == "x"',
+                  10, "the typed line")  # fmt: skip
+    typed = nvim.request("nvim_get_current_line")
+    assert typed in ("\tx", "    x"), repr(typed)  # a tab, or softtabstop=4 spaces (python's ftplugin)
+    assert server_stats(nvim)["server"].get("accepted", 0) == accepted
+
     # Stats and capsule commands answer (a server without capsules says so instead of failing).
     nvim.request("nvim_command", "KvblendCapsuleSnapshot")
     messages = nvim.wait_for("return #_G.kvblend_messages > 0 and _G.kvblend_messages", 30, "a capsule message")

@@ -180,13 +180,13 @@ local function map_keys(bufnr)
       vim.keymap.set("i", lhs, rhs, { buffer = bufnr, expr = expr, silent = true, desc = "kvblend: " .. desc })
     end
   end
-  -- Fall through to the key itself when no suggestion is shown.
+  -- Fall through to the key itself when no suggestion is shown (expr mappings replace its keycodes).
   local function accept_or(kind, lhs)
     return function()
       if M.accept(kind) then
         return ""
       end
-      return vim.api.nvim_replace_termcodes(lhs, true, true, true)
+      return lhs
     end
   end
   map(keys.accept, accept_or("all", keys.accept or ""), "accept suggestion", true)
