@@ -1,7 +1,7 @@
 // kvblend for VS Code: start `kvblend serve` over stdio, show its inline completions as ghost text, forward
 // settings, feed the status bar and report shown/accepted suggestions. The server does the work.
 import * as vscode from "vscode";
-import { LanguageClient, LanguageClientOptions, ServerOptions, TransportKind } from "vscode-languageclient/node";
+import { LanguageClient, LanguageClientOptions, ServerOptions } from "vscode-languageclient/node";
 import { AcceptTracker } from "./accept";
 import { registerCommands } from "./commands";
 import { inlineMiddleware } from "./inline";
@@ -14,7 +14,8 @@ function createClient(output: vscode.LogOutputChannel, status: StatusBar, tracke
   const cfg = vscode.workspace.getConfiguration("kvblend");
   const { command, args } = serverCommand(cfg);
   const cwd = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath;
-  const serverOptions: ServerOptions = { command, args, transport: TransportKind.stdio, options: cwd ? { cwd } : {} };
+  // No `transport`: TransportKind.stdio would append "--stdio" to the arguments; plain pipes are stdio already.
+  const serverOptions: ServerOptions = { command, args, options: cwd ? { cwd } : {} };
   const clientOptions: LanguageClientOptions = {
     documentSelector: [{ scheme: "file" }, { scheme: "untitled" }],
     initializationOptions: initializationOptions(cfg),
