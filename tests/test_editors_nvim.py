@@ -82,9 +82,10 @@ def nvim(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     for var in ("XDG_STATE_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
         env[var] = str(tmp_path / var.lower())
+    stderr = open(tmp_path / "nvim.stderr", "wb")  # a file, not a pipe nobody reads
     proc = subprocess.Popen(
         [NVIM, "--headless", "--clean", "--listen", address, "--cmd", f"set runtimepath^={PLUGIN}"],
-        cwd=ws, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=ws, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
     )  # fmt: skip
     client = Nvim(address)
     client.ws = ws
@@ -99,6 +100,7 @@ def nvim(tmp_path):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+    stderr.close()
 
 
 def setup_plugin(nvim: Nvim, ghost: str) -> None:
