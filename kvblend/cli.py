@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="run the language server over stdio (--tcp PORT for debugging)")
     _model_args(sv)
     sv.add_argument("--tcp", type=int, default=None, metavar="PORT", help="listen on 127.0.0.1:PORT instead")
+    sv.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default; clients pass it)")
     sv.add_argument("--redis-url", default=None, help="also use a shared redis tier, e.g. redis://host:6379/0")
     sv.add_argument("--cache-dir", type=Path, default=None, help="disk tier (default: WORKSPACE/.kvblend/cache)")
     sv.add_argument("--no-index", action="store_true", help="do not index the workspace (local prompt only)")
