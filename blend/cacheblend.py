@@ -103,26 +103,25 @@ def _chunk_bounds(chunks: list[ChunkKV]) -> list[int]:
     return bounds
 
 
-def _moves(model: Transformer, chunks: list[ChunkKV], bounds: list[int], cache: KVCache) -> list:
-    """Per chunk: None when it stays where it was precomputed, else (delta [n], angles) to move its keys by;
-    the same for every layer, so the angles are computed once per blend."""
-    out = []
-    for c, start in zip(chunks, bounds, strict=False):
-        delta = cache.positions[start : start + len(c)] - c.positions.to(cache.positions.device)  # [n]
-        out.append((delta, rerotate_angles(delta, model.inv_freq)) if bool(delta.any()) else None)
-    return out
+def _moves(model: Transformer, chunks: list[ChunkKV], bounds: list[int], cache: KVCache):
+    """(delta [n_ctx], angles) moving every context key from its stored to its new position, or None when no
+    chunk moves. The same for every layer, so computed once per blend; a delta of 0 rotates by exactly
+    nothing (cos 1, sin 0), so one rotation over the whole context serves chunks that stay too."""
+    n_ctx = bounds[-1]
+    stored = torch.cat([c.positions.to(cache.positions.device) for c in chunks]) if chunks else cache.positions[:0]
+    delta = cache.positions[:n_ctx] - stored  # [n_ctx]
+    return (delta, rerotate_angles(delta, model.inv_freq)) if bool(delta.any()) else None
 
 
-def _fill_reused(
-    model: Transformer, i: int, chunks: list[ChunkKV], bounds: list[int], cache: KVCache, moves: list
-) -> None:
+def _fill_reused(model: Transformer, i: int, chunks: list[ChunkKV], bounds: list[int], cache: KVCache, move) -> None:
     """Write every chunk's layer-i KV into the fused cache, keys moved to their new positions."""
     k_store, v_store = cache.layer(i)  # [n_kv_heads, capacity, head_dim]
-    for c, start, move in zip(chunks, bounds, moves, strict=False):
-        end = start + len(c)
-        k = c.k[i].to(device=k_store.device, dtype=k_store.dtype)
-        k_store[:, start:end] = k if move is None else rope_rerotate(k, move[0], model.inv_freq, angles=move[1])
-        v_store[:, start:end] = c.v[i]
+    for c, start, end in zip(chunks, bounds, bounds[1:], strict=False):
+        k_store[:, start:end].copy_(c.k[i])  # stored precision (fp16) -> the model's
+        v_store[:, start:end].copy_(c.v[i])
+    if move is not None:
+        n_ctx = bounds[-1]
+        k_store[:, :n_ctx] = rope_rerotate(k_store[:, :n_ctx], move[0], model.inv_freq, angles=move[1])
 
 
 @torch.inference_mode()
@@ -150,7 +149,7 @@ def blend(
     cache = model.new_cache(total + extra_capacity)
     cache.set_positions(cache.reserve(total), positions)
     (cos, sin), masks = model.step_plan(positions, cache, slice(0, total))  # cos, sin: [total, head_dim]
-    moves = _moves(model, chunks, bounds, cache)
+    move = _moves(model, chunks, bounds, cache)
     forced = torch.zeros(total, dtype=torch.bool, device=dev)
     forced[n_ctx:] = True  # the local prompt is always computed
     if cfg.chunk_start_tokens:
@@ -166,7 +165,7 @@ def blend(
             h = model.layer_step(i, h, positions, cache, slice(0, total), (cos, sin), masks[i])
             t_layers += time.perf_counter() - t_layer
             continue
-        _fill_reused(model, i, chunks, bounds, cache, moves)
+        _fill_reused(model, i, chunks, bounds, cache, move)
         k_store, v_store = cache.layer(i)
         q, k, v = model.layer_qkv(i, h, (cos[active], sin[active]))  # q: [heads, n_active, D]
         if i in cfg.check_layers:
@@ -195,9 +194,9 @@ def naive(model: Transformer, chunks: list[ChunkKV], prompt: torch.Tensor, extra
     n_ctx = bounds[-1]
     cache = model.new_cache(n_ctx + prompt.shape[0] + extra_capacity)
     cache.set_positions(cache.reserve(n_ctx), torch.arange(n_ctx, device=model.device))
-    moves = _moves(model, chunks, bounds, cache)
+    move = _moves(model, chunks, bounds, cache)
     for i in range(model.cfg.n_layers):
-        _fill_reused(model, i, chunks, bounds, cache, moves)
+        _fill_reused(model, i, chunks, bounds, cache, move)
     logits = model.prefill(prompt.to(model.device), cache)
     return BlendResult(logits, cache, torch.arange(n_ctx, cache.n), {"total_s": time.perf_counter() - t0})
 

@@ -65,14 +65,14 @@ def test_moving_a_chunk_equals_precomputing_it_there(models):
     d = 37
     at0 = precompute_chunk(model, toks, offset=0)
     atd = precompute_chunk(model, toks, offset=d)
-    cache = model.new_cache(d + 50)
-    cache.set_positions(cache.reserve(d + 50), torch.arange(d + 50))
-    moves = _moves(model, [at0], [d], cache)
+    cache = model.new_cache(50)
+    cache.set_positions(cache.reserve(50), torch.arange(d, d + 50))  # the chunk's new place: d .. d + 49
+    move = _moves(model, [at0], [0, 50], cache)
     for i in range(model.cfg.n_layers):
-        _fill_reused(model, i, [at0], [d], cache, moves)
-    assert (cache.k[:, :, d:] - atd.k).abs().max().item() < 1e-5
-    assert (cache.v[:, :, d:] - atd.v).abs().max().item() < 1e-5
-    assert torch.equal(cache.v[0, :, d:], atd.v[0])  # layer 0 V depends on the token alone
+        _fill_reused(model, i, [at0], [0, 50], cache, move)
+    assert (cache.k - atd.k).abs().max().item() < 1e-5
+    assert (cache.v - atd.v).abs().max().item() < 1e-5
+    assert torch.equal(cache.v[0], atd.v[0])  # layer 0 V depends on the token alone
 
 
 def test_selected_tokens_see_only_earlier_positions(models, monkeypatch):
