@@ -65,7 +65,6 @@ class Backend:
         self.status = methods.StatusParams("loading", "starting")
         self._seq = itertools.count(1)
         self._latest: dict[str, int] = {}
-        self._cancelled: set[int] = set()
         self._warm: dict[str, asyncio.TimerHandle] = {}
         self._progress_token = "kvblend-indexing"
         self._last_progress = 0.0
@@ -267,26 +266,27 @@ class Backend:
         if "\x00" in req.text[max(0, req.cursor - 4096) : req.cursor + 4096]:
             self.counters["binary_skipped"] += 1
             return None
+        cancel = threading.Event()  # set by $/cancelRequest
+
+        def cancelled() -> bool:
+            return self._latest.get(uri) != seq or cancel.is_set()
+
         try:
             if self.settings.debounce_ms:
                 await asyncio.sleep(self.settings.debounce_ms / 1000.0)
             completer = await asyncio.wrap_future(self.loaded)
-            if self._superseded(uri, seq):
+            if cancelled():
                 completer.stats.count("superseded")
                 return None
             t0 = time.perf_counter()
-            result = await self.loop.run_in_executor(self.executor, completer.complete, req,
-                                                     lambda: self._superseded(uri, seq))  # fmt: skip
+            result = await self.loop.run_in_executor(self.executor, completer.complete, req, cancelled)
         except asyncio.CancelledError:  # $/cancelRequest: stop the worker too
-            self._cancelled.add(seq)
+            cancel.set()
             raise
         if result.stop_reason == "cancelled":
             return None
         self.last_latency_ms = round((time.perf_counter() - t0) * 1000.0, 1)
         return result
-
-    def _superseded(self, uri: str, seq: int) -> bool:
-        return self._latest.get(uri) != seq or seq in self._cancelled
 
     # -- idle warm-up --------------------------------------------------------------------------
 
