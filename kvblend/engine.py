@@ -83,7 +83,8 @@ class Engine(abc.ABC):
         """Complete `request` greedily."""
 
     def close(self) -> None:
-        """Release the engine's resources (processes, memory)."""
+        """Release the engine's resources (processes, memory); nothing to release by default."""
+        return None
 
     def __enter__(self) -> Engine:
         return self

@@ -18,6 +18,10 @@ import os
 import time
 from pathlib import Path
 
+from vllm import LLM, SamplingParams
+from vllm.config import KVTransferConfig
+from vllm.inputs import TokensPrompt
+
 from kvblend.engine import Engine, EngineOutput, EngineRequest, blend_context
 from kvblend.kv_handoff import KVHandoff
 
@@ -49,9 +53,7 @@ class VllmEngine(Engine):
         self.options = opts = options or VllmOptions(**kwargs)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(opts.cpu_kv_cache_gib))
         if opts.handoff_dir is None:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the connector must see our memory
-        from vllm import LLM
-        from vllm.config import KVTransferConfig
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the connector must see our memory (read lazily)
 
         self.handoff = KVHandoff(opts.handoff_dir)
         transfer = KVTransferConfig(
@@ -80,9 +82,6 @@ class VllmEngine(Engine):
         log.info("vLLM engine up in %.1f s (block size %d)", time.perf_counter() - t, self.block_size)
 
     def generate(self, request: EngineRequest) -> EngineOutput:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
         t0 = time.perf_counter()
         tokens = request.all_tokens
         extra_args, key, prefilled, timings = {}, None, len(tokens), {}

@@ -12,6 +12,7 @@ This module does not import vLLM, so it is tested in the main suite.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import logging
@@ -59,6 +60,13 @@ def token_digest(tokens: Sequence[int]) -> str:
 # Process-wide memory tier: the scheduler and worker connectors of an in-process vLLM see the engine's puts.
 _MEMORY: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 _LOCK = threading.Lock()
+_STATS: collections.Counter = collections.Counter()  # puts, loads (gets that found KV), misses
+
+
+def handoff_stats() -> dict[str, int]:
+    """Counts since the process started: puts, loads (a connector took the KV), misses."""
+    with _LOCK:
+        return dict(_STATS)
 
 
 class KVHandoff:
@@ -78,6 +86,8 @@ class KVHandoff:
         if k.shape != v.shape or k.dim() != 4 or k.shape[2] != len(tokens):
             raise ValueError(f"k, v must be [n_layers, n_kv_heads, {len(tokens)}, head_dim], got {k.shape}, {v.shape}")
         key = HandoffKey.of(tokens)
+        with _LOCK:
+            _STATS["puts"] += 1
         if self.directory is not None:
             save_file({"k": k.contiguous().cpu(), "v": v.contiguous().cpu()}, self._path(key))
         else:
@@ -89,12 +99,12 @@ class KVHandoff:
         """(k, v) of `key`, or None when it is not here."""
         with _LOCK:
             kv = _MEMORY.get(key.to_str())
-        if kv is not None:
-            return kv
-        if self.directory is not None and self._path(key).is_file():
+        if kv is None and self.directory is not None and self._path(key).is_file():
             t = load_file(self._path(key))
-            return t["k"], t["v"]
-        return None
+            kv = t["k"], t["v"]
+        with _LOCK:
+            _STATS["loads" if kv is not None else "misses"] += 1
+        return kv
 
     def has(self, key: HandoffKey) -> bool:
         with _LOCK:

@@ -150,8 +150,9 @@ class KvblendConnector(KVConnectorBase_V1):
             kv = self._handoff.get(HandoffKey.from_str(load.key))
             if kv is None:  # vLLM recomputes the blocks we report
                 log.warning("request %s: blended KV %s vanished before loading", load.req_id, load.key)
-                self._failed_blocks.update(load.block_ids[load.start // self._block_size : -(-load.end //
-                                                                                            self._block_size)])
+                self._failed_blocks.update(
+                    load.block_ids[load.start // self._block_size : -(-load.end // self._block_size)]
+                )
                 continue
             self._inject(forward_context, load, *kv)
 
