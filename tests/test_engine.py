@@ -89,3 +89,12 @@ def test_handoff_put_get_drop(tmp_path, on_disk):
     assert after["misses"] == before.get("misses", 0) + 1
     with pytest.raises(ValueError, match="must be"):
         store.put([1, 2], k, v)
+
+
+def test_cli_engine_choices_are_the_factory_names():
+    from kvblend import cli, engine
+
+    assert cli.ENGINES == engine.ENGINES
+    args = cli.build_parser().parse_args(["serve", "--engine", "vllm"])
+    assert args.engine == "vllm"
+    assert cli.build_parser().parse_args(["serve"]).engine == "torch"
