@@ -8,7 +8,8 @@ median of `repeats` after one warm-up, each a request for one token:
 - vllm_blend: our engine blends (recompute `ratio` of the context) + hand-off + vLLM loads it through the
               connector, computes the last partial block and samples.
 - torch_full / torch_blend (optional): the same two on our own engine, for reference.
-Fidelity: greedy agreement of the first `check_tokens` tokens of vllm_blend with vllm_full.
+Fidelity: how many of the first `check_tokens` greedy tokens of vllm_blend equal vllm_full's before the first
+difference (free-running: after one difference the two continuations go apart), as a fraction.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def bench_vllm(vllm_engine: Engine, lm: LoadedModel, cfg: VllmBenchConfig = Vllm
         row["speedup"] = round(row["vllm_full"]["best_ms"] / row["vllm_blend"]["best_ms"], 2)
         ref = vllm_engine.generate(dataclasses.replace(full, max_tokens=cfg.check_tokens)).tokens
         got = vllm_engine.generate(dataclasses.replace(blended, max_tokens=cfg.check_tokens)).tokens
-        row["agreement"] = round(sum(a == b for a, b in zip(ref, got, strict=False)) / max(len(ref), 1), 3)
+        same = next((i for i, (a, b) in enumerate(zip(ref, got, strict=False)) if a != b), min(len(ref), len(got)))
+        row["agreement"] = round(same / max(len(ref), 1), 3)
         log.info("context %d: %s", total, row)
         rows.append(row)
     return {"model": str(lm.path), "ratio": cfg.ratio, "chunk_tokens": cfg.chunk_tokens,
