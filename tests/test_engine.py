@@ -5,7 +5,7 @@ import torch
 
 from blend.cacheblend import precompute_chunk
 from blend.loader import load_model
-from kvblend.engine import EngineRequest, TorchEngine, make_engine
+from kvblend.engine import Engine, EngineRequest, TorchEngine, make_engine
 from kvblend.kv_handoff import HandoffKey, KVHandoff, handoff_stats
 
 
@@ -98,3 +98,25 @@ def test_cli_engine_choices_are_the_factory_names():
     args = cli.build_parser().parse_args(["serve", "--engine", "vllm"])
     assert args.engine == "vllm"
     assert cli.build_parser().parse_args(["serve"]).engine == "torch"
+
+
+def test_completer_on_an_external_engine_matches_its_own_run(lm):
+    from kvblend.completer import Completer, CompletionRequest
+    from kvblend.settings import Settings
+
+    class Outside(Engine):  # another engine in the Completer's eyes, doing the torch engine's work
+        name = "outside"
+
+        def generate(self, request):
+            self.seen = request
+            return TorchEngine(self.lm).generate(request)
+
+    text = "import os\n\n\ndef read_lines(path):\n    with open(path) as f:\n        "
+    req = CompletionRequest("util.py", text, len(text))
+    settings = Settings(mode="full")
+    own = Completer(lm, settings).complete(req)
+    engine = Outside(lm)
+    via = Completer(lm, settings, engine=engine).complete(req)
+    assert engine.seen.mode == "full" and engine.seen.max_tokens >= 1
+    assert via.text == own.text and via.kv_path == "full"
+    assert "ttft" in via.timings_ms
