@@ -12,6 +12,9 @@ from kvblend import cli_capsule, cli_ledger
 
 log = logging.getLogger(__name__)
 
+# = kvblend.engine.ENGINES, spelled out so that the CLI starts without importing torch (tests check they agree).
+ENGINES = ("torch", "vllm")
+
 # Subcommands that later work owns; they exist so scripts and docs can name them already.
 PLANNED = {
     "eval": "batch completion evaluation",
@@ -63,6 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--configs", default="kvblend,full", help="comma-separated: kvblend (defaults), full")
     bl.add_argument("--json", action="store_true", help="print one JSON object")
 
+    bv = bsub.add_parser("vllm", help="TTFT in vLLM: its full prefill vs our blended KV through the connector")
+    _model_args(bv)
+    bv.add_argument("--contexts", default="4096", help="comma-separated total prompt tokens, e.g. 4096,16384")
+    bv.add_argument("--chunk-tokens", type=int, default=512)
+    bv.add_argument("--prompt-tokens", type=int, default=256)
+    bv.add_argument("--ratio", type=float, default=0.15, help="blend recompute ratio")
+    bv.add_argument("--repeats", type=int, default=3)
+    bv.add_argument("--tokens", choices=("corpus", "random"), default="corpus", help="random: random-weight models")
+    bv.add_argument("--dtype", default="float32", help="float32 (CPU) or bfloat16 (GPU); vLLM and the blend alike")
+    bv.add_argument("--no-torch", action="store_true", help="skip our own engine's reference timings")
+    bv.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
     ix = sub.add_parser("index", help="index a workspace and precompute its chunk KV")
     _model_args(ix)
     ix.add_argument("path", type=Path, help="the workspace root")
@@ -79,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--cache-dir", type=Path, default=None, help="disk tier (default: WORKSPACE/.kvblend/cache)")
     sv.add_argument("--no-index", action="store_true", help="do not index the workspace (local prompt only)")
     sv.add_argument("--log-file", type=Path, default=None, help="log here (stdio carries the protocol)")
+    sv.add_argument("--engine", choices=ENGINES, default="torch",
+                    help="torch: our engine; vllm: vLLM serves, fed blended KV (needs vllm, see README)")  # fmt: skip
 
     co = sub.add_parser("complete", help="complete at a cursor in a file; prints only the completion")
     _model_args(co)
@@ -130,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _bench_index(args)
             if args.bench == "lsp":
                 return _bench_lsp(args)
+            if args.bench == "vllm":
+                return _bench_vllm(args)
             return _bench_blend(args) if args.bench == "blend" else _bench_engine(args)
     except ValueError as e:  # boundary errors (config, checkpoint, input) carry a message for the user
         print(f"kvblend: error: {e}", file=sys.stderr)
@@ -165,7 +184,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.log_file is not None:  # stdout is the protocol channel: logs go to stderr or a file
         logging.getLogger().handlers[:] = [logging.FileHandler(args.log_file)]
-    opts = ServerOptions(args.model, args.device, args.redis_url, args.cache_dir, index=not args.no_index)
+    opts = ServerOptions(args.model, args.device, args.redis_url, args.cache_dir, index=not args.no_index,
+                         engine=args.engine)  # fmt: skip
     server = build_server(opts)
     if args.tcp is not None:
         server.start_tcp("127.0.0.1", args.tcp)
@@ -325,6 +345,32 @@ def _bench_lsp(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown configs {unknown} (expected some of {list(CONFIGS)})")
     return _print(bench_lsp(args.model, args.keystrokes, configs), args.json)
+
+
+def _bench_vllm(args: argparse.Namespace) -> int:
+    import torch
+
+    from blend.loader import load_model
+    from kvblend.bench_vllm import VllmBenchConfig, bench_vllm, format_table
+    from kvblend.engine import make_engine
+
+    try:
+        contexts = tuple(int(c) for c in args.contexts.split(",") if c)
+    except ValueError:
+        raise ValueError(f"--contexts must be comma-separated integers, got {args.contexts!r}") from None
+    cfg = VllmBenchConfig(contexts, args.chunk_tokens, args.prompt_tokens, args.ratio, args.repeats,
+                          tokens=args.tokens, with_torch=not args.no_torch)  # fmt: skip
+    dtype = getattr(torch, args.dtype, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {args.dtype!r}")
+    lm = load_model(args.model, device=args.device, dtype=dtype)
+    with make_engine("vllm", lm, dtype=args.dtype, max_model_len=max(contexts)) as engine:
+        result = bench_vllm(engine, lm, cfg)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_table(result))
+    return 0
 
 
 def _print(result: dict, as_json: bool) -> int:

@@ -36,6 +36,7 @@ from indexer.indexer import Indexer
 from indexer.retrieval import RetrievalRequest, Retriever
 from indexer.secrets import find_secret, is_secret_path
 from kvblend.capsules import CapsuleKeeper
+from kvblend.engine import Engine, EngineRequest, TorchEngine
 from kvblend.settings import Settings
 from kvblend.shown import ShownCache
 from kvblend.stats import Stats
@@ -94,8 +95,12 @@ class Completer:
         settings: Settings | None = None,
         indexer: Indexer | None = None,
         capsules: CapsuleStore | None = None,
+        engine: Engine | None = None,
     ) -> None:
         self.lm = lm
+        # None or the torch engine: the Completer runs our model itself (sessions, capsules, streaming stops).
+        # Another engine (vLLM) gets each request's chunk KV + local prompt and returns the tokens.
+        self.engine = None if engine is None or isinstance(engine, TorchEngine) else engine
         self.capsules = CapsuleKeeper(capsules, lm.fingerprint) if capsules is not None else None
         self.settings = settings or Settings()
         self.indexer = indexer
@@ -145,7 +150,7 @@ class Completer:
             self.stats.count("superseded")
             return Completion("", "cancelled", source="none")
         with self._lock:
-            result = self._run(req, cancelled, t0)
+            result = self._run(req, cancelled, t0) if self.engine is None else self._run_engine(req, t0)
         self.stats.count("superseded" if result.stop_reason == "cancelled" else "finished")
         self.stats.count("tokens_prefilled", result.tokens_prefilled)
         self.stats.count("tokens_reused", result.tokens_reused)
@@ -205,6 +210,33 @@ class Completer:
         timings["total"] = _ms(t0)
         return Completion(text, reason, "model", plan.multiline, timings, info["context"], info["prefilled"],
                           info["reused"], info["kv_path"])  # fmt: skip
+
+    def _run_engine(self, req: CompletionRequest, t0: float) -> Completion:
+        """The request on an external engine: chunk KV (from the store) + local prompt in, greedy tokens out.
+        Modes naive and prefix are our engine's baselines: another engine runs them as full prefill. Stop rules
+        apply to the returned tokens; the time budget and cancellation are the engine's own (not polled)."""
+        s, timings = self.settings, {}
+        plan = plan_for(req.text, req.cursor, s.multiline)
+        t = time.perf_counter()
+        local = fim_prompt(self.lm.tokenizer, req.path, req.text, req.cursor, s.prefix_tokens, s.suffix_tokens,
+                           self.fim_order).tokens  # fmt: skip
+        chunks = self._retrieve(req)
+        timings["prompt"] = _ms(t)
+        t = time.perf_counter()
+        kvs = [self._header_kv()] + [self.indexer.get_kv(c) for c in chunks]
+        timings["kv_load"] = _ms(t)
+        mode = "blend" if s.mode == "blend" and chunks else "full"
+        budget = s.max_tokens if plan.multiline else s.max_line_tokens
+        out = self.engine.generate(EngineRequest(kvs, local, budget, frozenset(self.stop_ids), mode, s.recompute_ratio))
+        timings["engine"] = round(out.total_s * 1000.0, 3)
+        timings["ttft"] = round(out.ttft_s * 1000.0, 3)
+        shown, stopped = cut_text(self.lm.tokenizer.decode(out.tokens), plan)
+        text = trim_suffix_overlap(shown.rstrip() if plan.multiline else shown, req.text[req.cursor :])
+        timings["total"] = _ms(t0)
+        n_all = sum(len(k) for k in kvs) + len(local)
+        context = [f"{c.path}:{c.start_line}-{c.end_line}" for c in chunks]
+        return Completion(text, "stop" if stopped else out.stop_reason, "model", plan.multiline, timings, context,
+                          out.prefilled, n_all - min(out.prefilled, n_all), mode)  # fmt: skip
 
     # -- the KV of context + prompt ------------------------------------------------------------
 

@@ -46,6 +46,7 @@ class ServerOptions:
     index: bool = True  # index the workspace (off: local prompt only)
     watch: bool = True  # the server-side watchdog watcher
     capsule_memory_bytes: int = 1 << 30  # capsules kept in RAM; older ones spill to <cache>/capsules
+    engine: str = "torch"  # torch (ours) | vllm (vLLM serves, fed blended KV; see kvblend.engine)
 
 
 class Backend:
@@ -112,7 +113,16 @@ class Backend:
                 log.exception("indexer failed to start")
                 self.show(types.MessageType.Warning, f"kvblend: workspace not indexed: {e}")
         self.indexer = indexer
-        self.completer = Completer(lm, self.settings, indexer, self._make_capsules())
+        engine = None
+        if self.options.engine != "torch":
+            try:
+                engine = await self.loop.run_in_executor(self.executor, self._make_engine, lm)
+            except Exception as e:  # no vLLM, no memory: say so and serve on our own engine
+                log.exception("engine %s failed to start", self.options.engine)
+                self.show(types.MessageType.Warning, f"kvblend: engine {self.options.engine} unavailable ({e}); "
+                                                     "serving with the torch engine")  # fmt: skip
+        capsules = self._make_capsules() if engine is None else None  # capsules hold our engine's KV
+        self.completer = Completer(lm, self.settings, indexer, capsules, engine)
         self.loaded.set_result(self.completer)
         if indexer is None:
             self.send_status(methods.StatusParams("ready", "no workspace index"))
@@ -143,6 +153,11 @@ class Backend:
         from blend.loader import load_model
 
         return load_model(self.options.model, device=self.options.device)
+
+    def _make_engine(self, lm):
+        from kvblend.engine import make_engine
+
+        return make_engine(self.options.engine, lm)
 
     def _make_indexer(self, lm):
         from indexer import Indexer, IndexerConfig, StoreConfig

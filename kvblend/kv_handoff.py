@@ -1,0 +1,119 @@
+"""The hand-off of blended KV from our engine to vLLM's KV connector (`kvblend.vllm_connector`).
+
+Our side blends a context on the same weights vLLM serves and `put`s the KV of the prompt's first tokens
+under a `HandoffKey` (token count + digest of those token ids). The request names that key in its
+kv_transfer_params; vLLM's scheduler-side connector checks that the prompt really begins with those tokens
+and reports them as matched, and the worker-side connector `get`s the KV and writes it into vLLM's paged cache.
+
+Two tiers: process memory (vLLM running in this process: `VLLM_ENABLE_V1_MULTIPROCESSING=0`, no copy) and an
+optional directory of safetensors files (vLLM's engine core in another process on the same machine).
+This module does not import vLLM, so it is tested in the main suite.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class HandoffKey:
+    """Names the KV of a token prefix: its length and a digest of its token ids."""
+
+    n_tokens: int
+    digest: str  # blake2b-128 hex of the token ids as little-endian int64
+
+    @classmethod
+    def of(cls, tokens: Sequence[int]) -> HandoffKey:
+        return cls(len(tokens), token_digest(tokens))
+
+    def matches(self, tokens: Sequence[int]) -> bool:
+        """True when `tokens` begins with the prefix this key names."""
+        return len(tokens) >= self.n_tokens and token_digest(tokens[: self.n_tokens]) == self.digest
+
+    def to_str(self) -> str:
+        return f"{self.n_tokens}-{self.digest}"
+
+    @classmethod
+    def from_str(cls, s: str) -> HandoffKey:
+        n, sep, digest = str(s).partition("-")
+        if not sep or not n.isdigit() or len(digest) != 32 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(f"not a kvblend hand-off key: {s!r}")
+        return cls(int(n), digest)
+
+
+def token_digest(tokens: Sequence[int]) -> str:
+    data = torch.as_tensor(list(tokens), dtype=torch.int64).numpy().tobytes()
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+# Process-wide memory tier: the scheduler and worker connectors of an in-process vLLM see the engine's puts.
+_MEMORY: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+_LOCK = threading.Lock()
+_STATS: collections.Counter = collections.Counter()  # puts, loads (gets that found KV), misses
+
+
+def handoff_stats() -> dict[str, int]:
+    """Counts since the process started: puts, loads (a connector took the KV), misses."""
+    with _LOCK:
+        return dict(_STATS)
+
+
+class KVHandoff:
+    """Blended KV by key. k, v: [n_layers, n_kv_heads, n_tokens, head_dim], keys post-RoPE at positions 0..n-1."""
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        self.directory = Path(directory) if directory else None
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: HandoffKey) -> Path:
+        assert self.directory is not None
+        return self.directory / f"{key.to_str()}.safetensors"
+
+    def put(self, tokens: Sequence[int], k: torch.Tensor, v: torch.Tensor) -> HandoffKey:
+        """Keep the KV of `tokens` (k, v: [n_layers, n_kv_heads, len(tokens), head_dim]); returns its key."""
+        if k.shape != v.shape or k.dim() != 4 or k.shape[2] != len(tokens):
+            raise ValueError(f"k, v must be [n_layers, n_kv_heads, {len(tokens)}, head_dim], got {k.shape}, {v.shape}")
+        key = HandoffKey.of(tokens)
+        with _LOCK:
+            _STATS["puts"] += 1
+        if self.directory is not None:
+            save_file({"k": k.contiguous().cpu(), "v": v.contiguous().cpu()}, self._path(key))
+        else:
+            with _LOCK:
+                _MEMORY[key.to_str()] = (k, v)
+        return key
+
+    def get(self, key: HandoffKey) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(k, v) of `key`, or None when it is not here."""
+        with _LOCK:
+            kv = _MEMORY.get(key.to_str())
+        if kv is None and self.directory is not None and self._path(key).is_file():
+            t = load_file(self._path(key))
+            kv = t["k"], t["v"]
+        with _LOCK:
+            _STATS["loads" if kv is not None else "misses"] += 1
+        return kv
+
+    def has(self, key: HandoffKey) -> bool:
+        with _LOCK:
+            if key.to_str() in _MEMORY:
+                return True
+        return self.directory is not None and self._path(key).is_file()
+
+    def drop(self, key: HandoffKey) -> None:
+        with _LOCK:
+            _MEMORY.pop(key.to_str(), None)
+        if self.directory is not None:
+            self._path(key).unlink(missing_ok=True)

@@ -1,0 +1,114 @@
+"""kvblend's vLLM KV connector on the bundled model, in vLLM itself (CPU backend).
+
+Marked `vllm`: runs only where vLLM is installed (its own virtual environment, see README "vLLM"):
+    .venv-vllm/bin/python -m pytest -m vllm tests/test_vllm_connector.py
+Elsewhere every test here is skipped.
+"""
+
+import pytest
+import torch
+
+vllm = pytest.importorskip("vllm")
+
+from blend.cacheblend import precompute_chunk  # noqa: E402
+from blend.loader import load_model  # noqa: E402
+from kvblend.bench_blend import make_sequences  # noqa: E402
+from kvblend.engine import EngineRequest, TorchEngine, make_engine  # noqa: E402
+from kvblend.kv_handoff import handoff_stats  # noqa: E402
+from kvblend.vllm_connector import slot_mapping, usable_tokens  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return load_model(None, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def engine(lm):
+    eng = make_engine("vllm", lm, dtype="float32", max_model_len=2048, cpu_kv_cache_gib=1)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def request_parts(lm):
+    """Held-out stdlib code: a repo header and 4 chunks of 256 tokens, then a local prompt of 100 tokens."""
+    header, pieces, prompt = make_sequences(lm, 4, 256, 100)
+    chunks = [precompute_chunk(lm.model, torch.tensor(header), offset=0)]
+    chunks += [precompute_chunk(lm.model, torch.tensor(p), offset=len(header)) for p in pieces]
+    return chunks, prompt
+
+
+def _req(parts, mode, ratio=1.0, max_tokens=24):
+    chunks, prompt = parts
+    return EngineRequest(chunks, prompt, max_tokens, frozenset({0}), mode, ratio)
+
+
+def test_usable_tokens_leave_one_token_and_whole_blocks():
+    assert usable_tokens(1130, 1130, 128) == 1024  # at most all but one, in whole blocks
+    assert usable_tokens(1000, 1130, 128) == 896  # no more than the key holds
+    assert usable_tokens(1130, 129, 128) == 128
+    assert usable_tokens(1130, 128, 128) == 0  # 127 tokens: not one whole block
+
+
+def test_slot_mapping_follows_the_block_table():
+    got = slot_mapping([7, 2, 9], 4, 2, 10)
+    assert got.tolist() == [30, 31, 8, 9, 10, 11, 36, 37]
+
+
+def test_ratio_one_through_the_connector_equals_vllm_full_prefill(engine, request_parts):
+    full = engine.generate(_req(request_parts, "full"))
+    before = handoff_stats().get("loads", 0)
+    blended = engine.generate(_req(request_parts, "blend", 1.0))
+    assert handoff_stats().get("loads", 0) == before + 1, "the connector did not load the blended KV"
+    assert len(full.tokens) >= 8
+    assert blended.tokens == full.tokens
+
+
+def test_vllm_full_prefill_equals_our_engine(engine, lm, request_parts):
+    ours = TorchEngine(lm).generate(_req(request_parts, "full"))
+    assert engine.generate(_req(request_parts, "full")).tokens == ours.tokens
+
+
+def test_vllm_decodes_from_the_kv_it_is_given(engine, request_parts):
+    """KV from the connector is what vLLM attends to: scrambled values change the output."""
+    req = _req(request_parts, "full")
+    tokens = req.all_tokens
+    n_layers, n_kv, dim = engine.lm.config.n_layers, engine.lm.config.n_kv_heads, engine.lm.config.head_dim
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(n_layers, n_kv, len(tokens), dim, generator=g)
+    key = engine.handoff.put(tokens, k, torch.randn(k.shape, generator=g) * 10)
+    params = vllm.SamplingParams(temperature=0.0, max_tokens=24, detokenize=False,
+                                 extra_args={"kv_transfer_params": {"kvblend_key": key.to_str()}})  # fmt: skip
+    before = handoff_stats().get("loads", 0)
+    out = engine.llm.generate([vllm.inputs.TokensPrompt(prompt_token_ids=tokens)], params, use_tqdm=False)[0]
+    engine.handoff.drop(key)
+    assert handoff_stats().get("loads", 0) == before + 1
+    assert list(out.outputs[0].token_ids)[:8] != engine.generate(req).tokens[:8]
+
+
+def test_a_key_for_other_tokens_is_ignored(engine, request_parts):
+    """A stale key (the prompt does not begin with its tokens) must not be loaded: vLLM prefills in full."""
+    req = _req(request_parts, "full")
+    tokens = req.all_tokens
+    c = engine.lm.config
+    key = engine.handoff.put([t + 1 for t in tokens], torch.zeros(c.n_layers, c.n_kv_heads, len(tokens), c.head_dim),
+                             torch.zeros(c.n_layers, c.n_kv_heads, len(tokens), c.head_dim))  # fmt: skip
+    params = vllm.SamplingParams(temperature=0.0, max_tokens=24, detokenize=False, stop_token_ids=[0],
+                                 extra_args={"kv_transfer_params": {"kvblend_key": key.to_str()}})  # fmt: skip
+    before = handoff_stats().get("loads", 0)
+    out = engine.llm.generate([vllm.inputs.TokensPrompt(prompt_token_ids=tokens)], params, use_tqdm=False)[0]
+    engine.handoff.drop(key)
+    assert handoff_stats().get("loads", 0) == before
+    ids = [t for t in out.outputs[0].token_ids if t != 0]
+    assert ids == engine.generate(req).tokens
+
+
+def test_blend_at_default_ratio_through_vllm_stays_close(engine, lm, request_parts):
+    """r = 0.15: vLLM through the connector decodes what our engine decodes from the same blend."""
+    ours = TorchEngine(lm).generate(_req(request_parts, "blend", 0.15))
+    theirs = engine.generate(_req(request_parts, "blend", 0.15))
+    agree = sum(a == b for a, b in zip(ours.tokens, theirs.tokens, strict=False))
+    assert agree >= len(ours.tokens) // 2, (ours.tokens, theirs.tokens)
