@@ -65,3 +65,19 @@ def test_eval_errors_exit_1(tmp_path, capsys):
     assert "dataset not found" in capsys.readouterr().err
     assert main(["eval", "--dataset", str(FIXTURE), "--modes", "fast", "--out", str(tmp_path / "o")]) == 1
     assert "unknown modes ['fast']" in capsys.readouterr().err
+
+
+def test_indexer_without_precompute_computes_chunks_on_first_use(tmp_path):
+    from blend.loader import load_model
+    from indexer import Indexer, IndexerConfig
+
+    (tmp_path / "a.py").write_text("def f(x):\n    return x + 1\n" * 20)
+    idx = Indexer(IndexerConfig(tmp_path, cache_dir=tmp_path / "c", n_commits=0, precompute=False), load_model(None))
+    try:
+        stats = idx.index()
+        assert stats.chunks >= 1 and stats.computed == 0 and idx.computed == 0
+        chunk = idx.chunks()[0]
+        assert len(idx.get_kv(chunk)) == chunk.n_tokens and idx.computed == 1
+        assert idx.store.contains(chunk.key)
+    finally:
+        idx.close()
