@@ -1,5 +1,6 @@
 # Two entry points, both self-installing on a fresh machine (Python 3.11 + pip):
-#   make demo   index a sample workspace, blend vs full prefill, and complete a prompt (bundled model)
+#   make demo   index a sample workspace, blend vs full prefill, complete a prompt, and evaluate completion
+#               modes on holes cut from this repository (bundled model)
 #   make test   run the test suite
 PY ?= python3
 VENV ?= .venv
@@ -26,6 +27,7 @@ demo: install
 	$(BIN)/kvblend index examples/sample_repo --json
 	$(BIN)/kvblend bench blend --chunks 4 --chunk-tokens 256 --prompt-tokens 128 --json
 	$(BIN)/kvblend generate --prompt-file examples/prompt.py --max-tokens 48
+	$(BIN)/kvblend eval --dataset . --modes full,naive,blend --limit 12 --out runs/eval-demo
 
 bench: install
 	$(BIN)/kvblend bench engine --json

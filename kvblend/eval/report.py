@@ -81,7 +81,7 @@ def write_results(out: Path, config: dict, modes: dict[str, dict], records: list
 def write_summary(out: Path, config: dict, modes: dict[str, dict], notes: list[str]) -> Path:
     c = config
     head = [
-        f"# kvblend eval: {c['dataset']}",
+        f"# kvblend eval: {Path(c['dataset']).resolve().name}",
         "",
         f"{c['kind']}, n = {c['n_items']} items (seed {c['seed']}, limit {c['limit']}), model `{c['model']}`, "
         f"device {c['device']}, {c['machine']}.",

@@ -160,6 +160,7 @@ def _record(item: EvalItem, spec: ModeSpec, result, kv_bytes: int) -> dict:
         "kv_bytes_loaded": kv_bytes,
         "kv_path": result.kv_path,
         "stop_reason": result.stop_reason,
+        "timings_ms": dict(t),  # the Completer's stages: prompt, retrieve, kv_load, blend | prefill, decode, total
         "context": result.context,
     }
 
