@@ -27,7 +27,7 @@ demo: install
 	$(BIN)/kvblend index examples/sample_repo --json
 	$(BIN)/kvblend bench blend --chunks 4 --chunk-tokens 256 --prompt-tokens 128 --json
 	$(BIN)/kvblend generate --prompt-file examples/prompt.py --max-tokens 48
-	$(BIN)/kvblend eval --dataset . --modes full,naive,blend --limit 12 --out runs/eval-demo
+	$(BIN)/kvblend eval --dataset . --modes full,naive,blend --limit 20 --out runs/eval-demo
 
 bench: install
 	$(BIN)/kvblend bench engine --json
