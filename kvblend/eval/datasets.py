@@ -78,7 +78,7 @@ def load_dataset(path: Path, seed: int = 0, limit: int | None = None) -> tuple[s
     if path.is_dir():
         from kvblend.eval.holes import repository_holes
 
-        return "repo_holes", select(repository_holes(path, seed), seed, limit)
+        return "repo_holes", select(repository_holes(path), seed, limit)
     if not path.is_file():
         raise DatasetError(f"dataset not found: {path} (expected a directory or a .jsonl / .jsonl.gz file)")
     if not path.name.endswith((".jsonl", ".jsonl.gz")):

@@ -103,10 +103,9 @@ def foreign_identifiers(node: ast.AST, own: set[str], bound: set[str], imported:
     return sorted(n for n in out if not _is_dunder(n) and defined_in.get(n, set()) & imported)
 
 
-def repository_holes(root: Path, seed: int = 0) -> list[EvalItem]:
-    """Every single-line hole of the repository at `root`, in (path, line) order. `seed` is unused here (the
-    list is complete and ordered; `datasets.select` draws from it) and kept for a future span sampler."""
-    del seed
+def repository_holes(root: Path) -> list[EvalItem]:
+    """Every single-line hole of the repository at `root`, in (path, line) order (`datasets.select` draws
+    from it by the seed)."""
     try:
         cfg = IndexerConfig(Path(root), n_commits=0)
     except ValueError as e:
