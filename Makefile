@@ -1,5 +1,6 @@
 # Two entry points, both self-installing on a fresh machine (Python 3.11 + pip):
-#   make demo   index a sample workspace, blend vs full prefill, generate, and complete at a cursor (bundled model)
+#   make demo   index a sample workspace, blend vs full prefill, generate, complete at a cursor, and evaluate
+#               completion modes on holes cut from this repository (bundled model)
 #   make test   run the test suite
 PY ?= python3
 VENV ?= .venv
@@ -29,6 +30,8 @@ demo: install
 	@echo
 	$(BIN)/kvblend complete --file examples/sample_repo/inventory/stock.py --line 12 --col 12 \
 		--workspace examples/sample_repo --json
+	@echo
+	$(BIN)/kvblend eval --dataset . --modes full,naive,blend --limit 20 --out runs/eval-demo
 
 bench: install
 	$(BIN)/kvblend bench engine --json

@@ -57,6 +57,7 @@ class IndexerConfig:
     n_commits: int = 20  # the last K commits are indexed (message + bounded diff summary)
     commit_diff_lines: int = 40  # changed lines kept per commit summary
     debounce_s: float = 0.5  # the watcher waits this long after the last event before updating
+    precompute: bool = True  # False: a chunk's KV is computed on its first use (batch eval touches a few)
     shared_prefix: bool = False  # precompute behind `<|repo_name|>name\n` instead of alone at offset 0
     repo_name: str | None = None  # None: the root directory's name
     ignores: tuple[str, ...] = DEFAULT_IGNORES

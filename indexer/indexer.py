@@ -121,6 +121,8 @@ class Indexer:
         return Priority.README if is_readme(chunk.path) else Priority.REST
 
     def _enqueue(self, chunks: list[Chunk], result: UpdateResult) -> None:
+        if not self.cfg.precompute:
+            return  # computed on first use, by `get_kv`
         for c in chunks:
             if self.store.contains(c.key):
                 continue

@@ -8,17 +8,12 @@ import logging
 import sys
 from pathlib import Path
 
-from kvblend import cli_capsule, cli_ledger
+from kvblend import cli_capsule, cli_eval, cli_ledger
 
 log = logging.getLogger(__name__)
 
 # = kvblend.engine.ENGINES, spelled out so that the CLI starts without importing torch (tests check they agree).
 ENGINES = ("torch", "vllm")
-
-# Subcommands that later work owns; they exist so scripts and docs can name them already.
-PLANNED = {
-    "eval": "batch completion evaluation",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,9 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--json", action="store_true", help="print the whole result as JSON instead of the text")
     cli_ledger.add_parser(sub, bsub)
     cli_capsule.add_parsers(sub, bsub)
+    cli_eval.add_parser(sub)
 
-    for name, text in PLANNED.items():
-        sub.add_parser(name, help=f"{text} (not implemented yet)", add_help=False)
     return p
 
 
@@ -123,9 +117,6 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if args.command in PLANNED:
-        print(f"kvblend {args.command}: not implemented yet", file=sys.stderr)
-        return 2
     if rest:
         print(f"kvblend: unrecognized arguments: {' '.join(rest)}", file=sys.stderr)
         return 2
@@ -140,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(args)
         if args.command == "index":
             return _index(args)
+        if args.command == "eval":
+            return cli_eval.run(args)
         if args.command == "capsule" or (args.command == "bench" and args.bench == "capsule"):
             return cli_capsule.run(args)
         if args.command == "bench":

@@ -70,6 +70,7 @@ class Completion:
     tokens_prefilled: int = 0  # tokens run through the model for this request (blend: those recomputed)
     tokens_reused: int = 0  # tokens whose KV came from a cache (session, chunk store)
     kv_path: str = ""  # session | blend | naive | full | prefix | none
+    first_token: int = -1  # the first token the model sampled (a stop token included); -1 when none ran
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -140,7 +141,7 @@ class Completer:
         if is_secret_path(req.path) or find_secret(req.text[max(0, req.cursor - 4096) : req.cursor + 4096]):
             self.stats.count("skipped_secret")
             return Completion("", "skipped", source="none")
-        hit = self._lookup(req)
+        hit = self._lookup(req) if self.settings.result_cache > 0 else None
         if hit is not None:
             hit.timings_ms = {"total": _ms(t0)}
             self.stats.count(hit.source + "_hits")
@@ -156,7 +157,7 @@ class Completer:
         self.stats.count("tokens_reused", result.tokens_reused)
         self.stats.count(f"kv_{result.kv_path}")
         self.stats.record(result.timings_ms)
-        if result.stop_reason != "cancelled" and result.text:
+        if result.stop_reason != "cancelled" and result.text and self.settings.result_cache > 0:
             self._shown.remember(req.path, req.text, req.cursor, result.text)
         self.last = {k: v for k, v in result.to_dict().items() if k != "text"} | {"path": req.path}
         return result
@@ -181,10 +182,11 @@ class Completer:
         t = time.perf_counter()
         deadline = t0 + s.time_budget_ms / 1000.0
         out: list[int] = []
-        shown, reason = "", "max_tokens"
+        shown, reason, first = "", "max_tokens", -1
         with torch.inference_mode():
             while len(out) < budget:
                 token = sampler(logits)
+                first = token if first < 0 else first
                 if token in self.stop_ids:
                     reason = "eos"
                     break
@@ -209,7 +211,7 @@ class Completer:
             text = ""
         timings["total"] = _ms(t0)
         return Completion(text, reason, "model", plan.multiline, timings, info["context"], info["prefilled"],
-                          info["reused"], info["kv_path"])  # fmt: skip
+                          info["reused"], info["kv_path"], first)  # fmt: skip
 
     def _run_engine(self, req: CompletionRequest, t0: float) -> Completion:
         """The request on an external engine: chunk KV (from the store) + local prompt in, greedy tokens out.

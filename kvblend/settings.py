@@ -30,7 +30,7 @@ class Settings:
     time_budget_ms: int = 2000  # decoding stops here and returns what it has
     debounce_ms: int = 10  # a request waits this long for a newer one before starting (keystroke bursts)
     session_reuse: bool = True  # reuse a document's live KV: prefill only past the longest common prefix
-    result_cache: int = 128  # recent results kept for typed-through and repeated requests
+    result_cache: int = 128  # recent results kept for typed-through and repeated requests (0: off)
     temperature: float = 0.0  # greedy by default: completions should be stable across requests
     warmup_ms: int = 400  # idle time after an edit before the next request's context is prepared (0: off)
 

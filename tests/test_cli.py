@@ -37,9 +37,9 @@ def test_generate_errors_are_clear(hf_checkpoints, tmp_path):
     assert r.stdout == ""
 
 
-def test_planned_subcommands_exit_2():
+def test_eval_needs_a_dataset_and_an_out_dir():
     r = _run("eval")
-    assert r.returncode == 2 and "not implemented yet" in r.stderr
+    assert r.returncode == 2 and "--dataset" in r.stderr and "--out" in r.stderr
 
 
 def test_bench_engine_json_contract(hf_checkpoints):

@@ -202,3 +202,12 @@ def test_cli_complete_refuses_binary_and_non_utf8(tmp_path):
         args = ["complete", "--file", str(path), "--line", "1", "--col", "1", "--no-index"]
         out = subprocess.run([sys.executable, "-m", "kvblend", *args], capture_output=True, text=True, timeout=120)
         assert out.returncode == 1 and message in out.stderr and out.stdout == ""
+
+
+def test_result_cache_zero_is_off_and_first_token_is_reported(lm, indexer):
+    c = Completer(lm, Settings(mode="full", result_cache=0, session_reuse=False, max_line_tokens=4), indexer)
+    req = request(APP, "    total = ")
+    a, b = c.complete(req), c.complete(req)
+    assert a.source == b.source == "model" and a.text == b.text  # asked again: the model runs again
+    ids = lm.tokenizer.encode(a.text) if a.text else []
+    assert a.first_token >= 0 and (not ids or a.text.startswith(lm.tokenizer.decode([a.first_token])))
