@@ -32,6 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--cache-dir", type=Path, default=None, help="chunk KV disk tier (default: REPO/.kvblend/cache)")
     e.add_argument("--context-tokens", type=int, default=3072, help="retrieved context budget (Settings default)")
     e.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    e.add_argument("--engine", choices=("torch", "vllm"), default="torch",
+                   help="torch: our engine; vllm: vLLM fed blended KV (its own venv, see README 'vLLM')")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--ratios must be comma-separated numbers, got {args.ratios!r}") from None
     cfg = EvalConfig(
         args.dataset, args.out, args.model, args.device, modes, ratios, args.limit, args.seed, args.cache_dir,
-        args.context_tokens, plots=not args.no_plots,
+        args.context_tokens, plots=not args.no_plots, engine=args.engine,
     )  # fmt: skip
     bar = Progress()
     try:

@@ -33,6 +33,7 @@ class EvalConfig:
     cache_dir: Path | None = None  # chunk KV disk tier of a repository; None: <repo>/.kvblend/cache
     context_tokens: int = 3072  # Settings.context_tokens: what users get
     plots: bool = True
+    engine: str = "torch"  # torch (ours) | vllm: requests go through kvblend.engine.make_engine
 
     def __post_init__(self) -> None:
         if self.modes is not None:

@@ -100,6 +100,7 @@ def run_items(
     specs: list[ModeSpec],
     cfg: EvalConfig,
     progress: Callable[[int, int], None] | None = None,
+    engine=None,
 ) -> list[dict]:
     """One record per (item, mode), items in the given order, modes in `specs` order (full first)."""
     total, done = len(items) * len(specs), 0
@@ -112,7 +113,8 @@ def run_items(
             def completer(spec: ModeSpec, multiline: bool, idx=idx, completers=completers) -> Completer:
                 key = (spec.label, multiline)
                 if key not in completers:
-                    completers[key] = Completer(lm, settings_for(spec, multiline, cfg.context_tokens), idx)
+                    settings = settings_for(spec, multiline, cfg.context_tokens)
+                    completers[key] = Completer(lm, settings, idx, engine=engine)
                 return completers[key]
 
             for i, item in enumerate(group):
@@ -194,14 +196,20 @@ def evaluate(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None
     machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     if device.type == "cuda":
         machine = torch.cuda.get_device_name(device)
-    records = run_items(lm, items, specs, cfg, progress)
+    if cfg.engine == "torch":
+        records = run_items(lm, items, specs, cfg, progress)
+    else:
+        from kvblend.engine import make_engine
+
+        with make_engine(cfg.engine, lm) as engine:
+            records = run_items(lm, items, specs, cfg, progress, engine)
     modes = report.aggregate(records, specs)
     notes = _notes(has_context, specs, modes)
     config = {
         "dataset": str(cfg.dataset), "kind": kind, "n_items": len(items), "seed": cfg.seed, "limit": cfg.limit,
         "modes": [s.label for s in specs], "ratios": list(cfg.ratios), "model": lm.path.name,
         "fingerprint": lm.fingerprint, "device": str(device), "machine": machine, "torch": torch.__version__,
-        "context_tokens": cfg.context_tokens, "kv_bytes_per_token": kv_bytes_per_token(lm),
+        "context_tokens": cfg.context_tokens, "kv_bytes_per_token": kv_bytes_per_token(lm), "engine": cfg.engine,
     }  # fmt: skip
     files = [report.write_results(cfg.out, config, modes, records, notes), report.write_summary(cfg.out, config,
              modes, notes)]  # fmt: skip
