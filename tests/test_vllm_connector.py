@@ -112,3 +112,20 @@ def test_blend_at_default_ratio_through_vllm_stays_close(engine, lm, request_par
     theirs = engine.generate(_req(request_parts, "blend", 0.15))
     agree = sum(a == b for a, b in zip(ours.tokens, theirs.tokens, strict=False))
     assert agree >= len(ours.tokens) // 2, (ours.tokens, theirs.tokens)
+
+
+def test_eval_through_the_vllm_engine_matches_ours_at_full_prefill(lm, engine, tmp_path):
+    """`kvblend eval --engine vllm` runs each request through vLLM: full prefill there gives our predictions."""
+    from pathlib import Path
+
+    from kvblend.eval.config import EvalConfig
+    from kvblend.eval.datasets import load_dataset
+    from kvblend.eval.runner import run_items
+
+    data = Path(__file__).parent / "data" / "eval_five.jsonl"
+    _, items = load_dataset(data, seed=0, limit=2)
+    cfg = EvalConfig(data, tmp_path, limit=2, modes=("full",), plots=False)
+    specs = cfg.specs(has_context=True)
+    ours = run_items(lm, items, specs, cfg)
+    theirs = run_items(lm, items, specs, cfg, engine=engine)
+    assert [r["prediction"] for r in theirs] == [r["prediction"] for r in ours]
