@@ -1,10 +1,12 @@
 """Typing-session benchmark: replay keystrokes against `kvblend serve` over stdio, as an editor would.
 
-A workspace is built from the project's own Python sources (the repository context) plus one ~1,000-line
-file. A span of that file is deleted and typed back one character at a time; after every keystroke the
-client sends `textDocument/didChange` and `textDocument/inlineCompletion` and waits for the answer. Time to
-suggestion is measured at the client, from sending the request to receiving the response. Two server
-configurations run on the identical session, one after the other:
+A workspace is built from held-out standard-library packages (logging, json and collections as the repository,
+the first 1,000 lines of logging/handlers.py as the file being edited: code the bundled model never saw, and the same
+session whatever the project's own code looks like). A span of that file is deleted and typed back one
+character at a time; after every keystroke the client sends `textDocument/didChange` and
+`textDocument/inlineCompletion` and waits for the answer. Time to suggestion is measured at the client, from
+sending the request to receiving the response. Two server configurations run on the identical session, one
+after the other:
 
 - `kvblend`: the defaults: blended chunk KV, the document's live session, the result cache;
 - `full`: the same prompts, prefilled from scratch on every request (no blend, no session, no cache).
@@ -24,9 +26,10 @@ from pygls.lsp.client import LanguageClient
 
 from kvblend.stats import percentile
 
-REPO = Path(__file__).resolve().parent.parent
-CONTEXT_DIRS = ("blend", "indexer", "triton_kernels")
-TYPED_FILE = "service/engine_all.py"
+# Held-out standard-library packages (never trained on; fixed by the Python installation, so the session is
+# the same from one commit to the next): the typed file and the repository around it.
+TYPED_REPO, TYPED_FILE = "logging", "logging/handlers.py"
+CONTEXT_REPOS = ("json", "collections")
 CONFIGS = {
     "kvblend": {},
     "full": {"mode": "full", "sessionReuse": False, "resultCache": 0},
@@ -34,21 +37,21 @@ CONFIGS = {
 
 
 def make_workspace(root: Path, file_lines: int = 1000) -> tuple[Path, str]:
-    """Copy the context packages and write one ~`file_lines`-line file made of project modules."""
-    for d in CONTEXT_DIRS:
-        shutil.copytree(REPO / d, root / d, ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "README.md").write_text((REPO / "README.md").read_text(encoding="utf-8"), encoding="utf-8")
-    parts, n = [], 0
-    for src in sorted((REPO / "kvblend").glob("*.py")) + sorted((REPO / "lsp_server").glob("*.py")):
-        text = src.read_text(encoding="utf-8")
-        parts.append(f"# ---- {src.name}\n{text}")
-        n += text.count("\n")
-        if n >= file_lines:
-            break
-    body = "\n".join(parts)
-    body = "\n".join(body.split("\n")[:file_lines]) + "\n"
+    """Write the held-out packages into `root`; the typed file is cut to `file_lines` lines."""
+    from kvblend.training.corpus import load_repos, split_repos
+
+    _, held = split_repos(load_repos())
+    repos = {r.name: r for r in held}
+    missing = [n for n in (TYPED_REPO, *CONTEXT_REPOS) if n not in repos]
+    if missing:
+        raise ValueError(f"held-out standard-library packages not found: {missing}")
+    for name in CONTEXT_REPOS + (TYPED_REPO,):
+        for rel, text in repos[name].files:
+            target = root / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
     path = root / TYPED_FILE
-    path.parent.mkdir(parents=True)
+    body = "\n".join(path.read_text(encoding="utf-8").split("\n")[:file_lines]) + "\n"
     path.write_text(body, encoding="utf-8")
     return path, body
 

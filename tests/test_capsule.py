@@ -1,6 +1,5 @@
 """Capsules end to end on the bundled model: restore + append is token-identical to a cold prefill."""
 
-import time
 from pathlib import Path
 
 import pytest
@@ -176,15 +175,13 @@ def test_corrupt_file_is_refused(case, tmp_path, damage):
         serde.read(path)
 
 
-def test_restore_from_memory_is_under_a_millisecond(lm, case):
+def test_restore_from_memory_copies_nothing(lm, case):
+    """Restore is O(1): the session reads the capsule's KV in place (its time is `bench capsule`'s figure)."""
     cap = case[3]
-    times = []
-    for _ in range(50):
-        t0 = time.perf_counter()
-        state = restore(cap, lm.fingerprint, capacity_extra=16)
-        times.append(time.perf_counter() - t0)
-        del state
-    assert min(times) < 1e-3, min(times)
+    state = restore(cap, lm.fingerprint, capacity_extra=16)
+    assert state.cache.is_shared and state.cache.shares(cap.kv)
+    assert state.cache.k.data_ptr() == cap.kv.k.data_ptr() and state.cache.v.data_ptr() == cap.kv.v.data_ptr()
+    assert len(state.cache) == cap.n and state.tokens == cap.tokens
 
 
 def test_copy_on_write_guards_the_capsule(lm, case):
