@@ -65,7 +65,7 @@ class CapsuleKeeper:
         if pin is not None:
             c = self.store.get(pin, self.fingerprint)
             if c is not None:
-                found = (c, _common(c.tokens, prompt))
+                found = (c, common_prefix(c.tokens, prompt))
         if found is None or found[1] < min_common:
             found = self.store.longest_prefix(uri, prompt, self.fingerprint)
         if found is None or found[1] < min_common:
@@ -117,10 +117,16 @@ class CapsuleKeeper:
         return self.store.list(uri)
 
 
-def _common(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists (bisection on slice equality: C speed)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo

@@ -189,7 +189,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _complete(args: argparse.Namespace) -> int:
     from blend.loader import load_model
-    from kvblend.completer import Completer, CompletionRequest, relative_path
+    from kvblend.completer import Completer, CompletionRequest
     from kvblend.settings import Settings
 
     text = _read_text(args.file)
@@ -249,6 +249,15 @@ def _cursor(text: str, line: int, col: int) -> int:
     if not 1 <= col <= len(lines[line - 1]) + 1:
         raise ValueError(f"column {col} outside line {line} (1..{len(lines[line - 1]) + 1})")
     return sum(len(x) + 1 for x in lines[: line - 1]) + col - 1
+
+
+def relative_path(root: Path, path: Path) -> str:
+    """Workspace-relative posix path of `path`, or its bare name when it lies outside `root`."""
+    p = path.resolve()
+    try:
+        return p.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return p.name
 
 
 def _git_root(path: Path) -> Path | None:

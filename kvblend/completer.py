@@ -19,7 +19,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from pathlib import PurePosixPath
 
 import torch
 
@@ -35,7 +34,7 @@ from indexer.chunker import Chunk
 from indexer.indexer import Indexer
 from indexer.retrieval import RetrievalRequest, Retriever
 from indexer.secrets import find_secret, is_secret_path
-from kvblend.capsules import CapsuleKeeper
+from kvblend.capsules import CapsuleKeeper, common_prefix
 from kvblend.engine import Engine, EngineRequest, TorchEngine
 from kvblend.settings import Settings
 from kvblend.shown import ShownCache
@@ -260,7 +259,7 @@ class Completer:
         full = ctx_tokens + local
         session = self._sessions.get(req.path)
         if s.session_reuse and session is not None and session.keys == keys:
-            n = _common_prefix(session.tokens, full)
+            n = common_prefix(session.tokens, full)
             n = min(n, len(full) - 1)  # at least one token runs, for the logits
             t = time.perf_counter()
             session.cache.truncate(n)
@@ -417,20 +416,6 @@ class Completer:
         return out
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]: bisect on slice equality (C speed)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
 def _cache_bytes(cache: KVCache) -> int:
     k = cache.k
     return 2 * k.numel() * k.element_size()
@@ -438,14 +423,3 @@ def _cache_bytes(cache: KVCache) -> int:
 
 def _ms(t: float) -> float:
     return round((time.perf_counter() - t) * 1000.0, 3)
-
-
-def relative_path(root, path) -> str:
-    """Workspace-relative posix path of `path`, or its bare name when it lies outside `root`."""
-    from pathlib import Path
-
-    p = Path(path).resolve()
-    try:
-        return p.relative_to(Path(root).resolve()).as_posix()
-    except ValueError:
-        return PurePosixPath(p.as_posix()).name
