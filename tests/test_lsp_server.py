@@ -15,18 +15,7 @@ from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
 from lsp_server.methods import plain
-
-SHAPES = '''"""Plane geometry helpers."""
-
-
-def compute_hypotenuse_length(a, b):
-    """Length of the hypotenuse of a right triangle with legs a and b."""
-    return (a * a + b * b) ** 0.5
-
-
-def rectangle_area(width, height):
-    return width * height
-'''
+from tests.geometry_workspace import make_workspace as geometry_workspace
 
 MAIN = '''from geometry import shapes
 
@@ -40,13 +29,7 @@ README = "# fixture\n\nA tiny workspace for the language server tests.\n"
 
 
 def make_workspace(root: Path) -> Path:
-    (root / "geometry").mkdir(parents=True)
-    (root / "geometry" / "__init__.py").write_text("")
-    (root / "geometry" / "shapes.py").write_text(SHAPES)
-    (root / "app").mkdir()
-    (root / "app" / "__init__.py").write_text("")
-    (root / "app" / "main.py").write_text(MAIN)
-    (root / "README.md").write_text(README)
+    geometry_workspace(root, MAIN, README)
     (root / "blob.bin").write_bytes(bytes(range(256)) * 64)  # a binary file the indexer must skip
     return root
 
