@@ -417,6 +417,9 @@ class Backend:
         out: dict[str, Any] = {"status": self.status.to_json(), "server": dict(sorted(self.counters.items()))}
         if self.completer is not None:
             out.update(self.completer.snapshot_stats())
+        # The settings in force for the next request: the completer takes a change on the model thread, after
+        # the requests queued before it, so its own copy may still be the previous one.
+        out["settings"] = dataclasses.asdict(self.settings)
         shown, accepted = self.counters.get("shown", 0), self.counters.get("accepted", 0)
         out["acceptance_rate"] = round(accepted / shown, 4) if shown else 0.0
         return out
