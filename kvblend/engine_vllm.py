@@ -18,12 +18,15 @@ import os
 import time
 from pathlib import Path
 
-from vllm import LLM, SamplingParams
-from vllm.config import KVTransferConfig
-from vllm.inputs import TokensPrompt
+# vLLM logs to stdout unless told not to configure logging; stdout carries `--json` results and the LSP stream.
+os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
 
-from kvblend.engine import Engine, EngineOutput, EngineRequest, blend_context
-from kvblend.kv_handoff import KVHandoff
+from vllm import LLM, SamplingParams  # noqa: E402
+from vllm.config import KVTransferConfig  # noqa: E402
+from vllm.inputs import TokensPrompt  # noqa: E402
+
+from kvblend.engine import Engine, EngineOutput, EngineRequest, blend_context  # noqa: E402
+from kvblend.kv_handoff import KVHandoff  # noqa: E402
 
 log = logging.getLogger(__name__)
 
