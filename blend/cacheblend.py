@@ -83,16 +83,21 @@ def can_blend(cfg: ModelConfig) -> str | None:
 
 
 def precompute_chunk(
-    model: Transformer, tokens: torch.Tensor, offset: int | None = None, prefix: KVCache | None = None
+    model: Transformer,
+    tokens: torch.Tensor,
+    offset: int | None = None,
+    prefix: KVCache | None = None,
+    dtype: torch.dtype | None = None,
 ) -> ChunkKV:
-    """Prefill `tokens: [n]` on its own (optionally behind a shared `prefix`) and keep only its own KV."""
+    """Prefill `tokens: [n]` on its own (optionally behind a shared `prefix`) and keep only its own KV, in
+    `dtype` (default: the model's; the store's fp16 is taken in the same single copy out of the cache)."""
     cache = prefix.clone() if prefix is not None else model.new_cache(tokens.shape[0])
     start = cache.n
     offset = cache.next_position if offset is None else offset
     model.prefill(tokens, cache, positions=torch.arange(offset, offset + tokens.shape[0], device=tokens.device))
-    return ChunkKV(
-        tokens, cache.k[:, :, start:].clone(), cache.v[:, :, start:].clone(), cache.positions[start:].clone()
-    )
+    dtype = dtype or cache.k.dtype
+    k, v = (t[:, :, start:].to(dtype, copy=True) for t in (cache.k, cache.v))  # [n_layers, n_kv_heads, n, head_dim]
+    return ChunkKV(tokens, k, v, cache.positions[start:].clone())
 
 
 def _chunk_bounds(chunks: list[ChunkKV]) -> list[int]:

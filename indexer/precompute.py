@@ -64,13 +64,18 @@ class Precomputer:
     def __call__(self, tokens: tuple[int, ...]) -> ChunkKV:
         t = torch.tensor(tokens, dtype=torch.long, device=self.model.device)  # [n]
         offset = 0 if self._prefix_cache is None else None
-        kv = precompute_chunk(self.model, t, offset=offset, prefix=self._prefix_cache)
         # fp16, the precision every tier keeps, so that a chunk blends the same whether it was just computed,
         # held in memory or loaded from disk. KV that overflows fp16 stays as is (memory only: disk refuses it).
-        k16, v16 = kv.k.half(), kv.v.half()
-        if bool(torch.isfinite(k16).all()) and bool(torch.isfinite(v16).all()):
-            kv = ChunkKV(kv.tokens, k16, v16, kv.positions)
+        kv = precompute_chunk(self.model, t, offset=offset, prefix=self._prefix_cache, dtype=torch.float16)
+        if not (_finite(kv.k) and _finite(kv.v)):
+            kv = precompute_chunk(self.model, t, offset=offset, prefix=self._prefix_cache)
         return kv
+
+
+def _finite(x: torch.Tensor) -> bool:
+    """No inf or nan in `x` (fp16): one fp32 sum, not an element-wise mask. Exact: a sum of finite fp16 values
+    (|x| <= 65504) cannot overflow fp32 at any chunk size, and any inf or nan makes the sum inf or nan."""
+    return bool(torch.isfinite(x.sum(dtype=torch.float32)))
 
 
 class PrecomputeQueue:
