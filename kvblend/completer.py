@@ -110,6 +110,9 @@ class Completer:
         specials = (tok.token_id(t) for t in (FILE_SEP, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, REPO_NAME))
         self.stop_ids = set(tok.eos_ids) | {i for i in specials if i is not None}
         self._sessions: collections.OrderedDict[str, _Session] = collections.OrderedDict()
+        # (count, bytes) of the live sessions, kept by the model thread: stats read it from another thread,
+        # where iterating `_sessions` could meet a concurrent change.
+        self._sessions_size = (0, 0)
         self._shown = ShownCache(self.settings.result_cache)
         self._header: ChunkKV | None = None
         self._retrieved: tuple | None = None  # (query key, chunks) of the last retrieval
@@ -125,6 +128,7 @@ class Completer:
         with self._lock:
             self.settings = settings
             self._sessions.clear()  # windows, order or mode may have changed what a prompt is
+            self._sessions_size = (0, 0)
             self._shown.resize(settings.result_cache)
 
     # -- the request ---------------------------------------------------------------------------
@@ -294,6 +298,8 @@ class Completer:
             self._sessions.move_to_end(req.path)
             while len(self._sessions) > MAX_SESSIONS:
                 self._sessions.popitem(last=False)
+            live = list(self._sessions.values())
+            self._sessions_size = (len(live), sum(_cache_bytes(x.cache) for x in live))
         return logits, session, len(full), {"context": context, "prefilled": prefilled,
                                             "reused": len(full) - prefilled, "kv_path": kv_path}  # fmt: skip
 
@@ -402,8 +408,8 @@ class Completer:
         }  # fmt: skip
         pre, reu = c.get("tokens_prefilled", 0), c.get("tokens_reused", 0)
         out["tokens"] = {"prefilled": pre, "reused": reu, "reuse_fraction": round(reu / max(pre + reu, 1), 4)}
-        sessions = list(self._sessions.values())
-        stores = {"sessions": len(sessions), "session_bytes": sum(_cache_bytes(x.cache) for x in sessions)}
+        n_sessions, session_bytes = self._sessions_size
+        stores = {"sessions": n_sessions, "session_bytes": session_bytes}
         if self.indexer is not None:
             stores["index_chunks"] = len(self.indexer.chunks())
             stores["kv_store_bytes"] = self.indexer.store.nbytes()

@@ -28,9 +28,17 @@ async function until<T>(fn: () => T | undefined, what: string, timeoutMs: number
 }
 
 async function stats(): Promise<any> {
-  host.state.opened.length = 0;
-  await host.commands.executeCommand("kvblend.showStats");
-  return JSON.parse(String(host.state.opened[0]?.content));
+  // A request that fails shows a message instead of a document: retry a few times, then report what was shown.
+  for (let attempt = 0; attempt < 5; attempt++) {
+    host.state.opened.length = 0;
+    await host.commands.executeCommand("kvblend.showStats");
+    const content = host.state.opened[0]?.content;
+    if (content !== undefined) {
+      return JSON.parse(String(content));
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`kvblend.showStats opened no document; messages: ${JSON.stringify(host.state.messages)}`);
 }
 
 (serverEnv ? describe : describe.skip)("extension against the real server", function () {
