@@ -56,8 +56,9 @@ class _Entry:
         }  # fmt: skip
 
 
-def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
-    """Length of the common prefix of two int arrays."""
+def common_prefix(a, b) -> int:
+    """Length of the common prefix of two token sequences (int arrays or lists)."""
+    a, b = np.asarray(a), np.asarray(b)
     m = min(a.shape[0], b.shape[0])
     diff = np.flatnonzero(a[:m] != b[:m])
     return int(diff[0]) if diff.size else m

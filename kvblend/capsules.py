@@ -21,6 +21,7 @@ import torch
 from blend.kv_cache import KVCache
 from capsule import CapsuleStore, SessionTree, restore, snapshot, text_hash
 from capsule.capsule import Capsule, RestoredState
+from capsule.store import common_prefix
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,7 @@ class CapsuleKeeper:
         if c is None:
             raise ValueError(f"unknown capsule {cid!r}")
         tree = self.tree(c.uri)
-        if c.id not in tree.nodes:
-            tree.commit(c)
-        tree.cursors[tree.branch] = c.id
+        tree.commit(c)  # adds it when new; either way it becomes the node the branches start from
         return tree.fork(n)
 
     def drop(self, cid: str) -> bool:
@@ -115,18 +114,3 @@ class CapsuleKeeper:
 
     def list(self, uri: str | None = None) -> list[dict]:
         return self.store.list(uri)
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix of two token lists (bisection on slice equality: C speed)."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo

@@ -30,11 +30,12 @@ from blend.prompt import fim_prompt, model_fim_order, repo_header
 from blend.sampling import Sampler, SamplingParams
 from blend.tokenizer import FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, REPO_NAME
 from capsule import CapsuleStore, resume_logits
+from capsule.store import common_prefix
 from indexer.chunker import Chunk
 from indexer.indexer import Indexer
 from indexer.retrieval import RetrievalRequest, Retriever
 from indexer.secrets import find_secret, is_secret_path
-from kvblend.capsules import CapsuleKeeper, common_prefix
+from kvblend.capsules import CapsuleKeeper
 from kvblend.engine import Engine, EngineRequest, TorchEngine
 from kvblend.settings import Settings
 from kvblend.shown import ShownCache

@@ -98,8 +98,8 @@ def lsp_change_cursor(doc: TextDocument, change) -> int | None:
     if rng is None:
         return None
     try:
-        return min(len(doc.source), doc.offset_at_position(rng.start) + len(change.text))
-    except (IndexError, ValueError):
+        return min(len(doc.source), lsp_offset(doc, rng.start) + len(change.text))
+    except (IndexError, ValueError, JsonRpcInvalidParams):
         return None
 
 
