@@ -16,7 +16,7 @@ class StoreConfig:
     disk_dir: Path | None = None  # None: <workspace>/.kvblend/cache (filled in by IndexerConfig)
     disk_bytes: int = 16 << 30  # least recently used entries beyond this are deleted
     mmap: bool = True  # disk reads of entries >= mmap_min_bytes map the file (fp16 tensors are views of the map)
-    mmap_min_bytes: int = 1 << 20  # below this, mapping costs more than a copy (measured: README)
+    mmap_min_bytes: int = 256 << 10  # below this, mapping costs more than a copy (measured: README)
     fsync: bool = False  # rename is atomic against kill -9 without it; fsync only buys power-loss safety
     redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0
     redis_prefix: str = "kvblend:"  # every key is <prefix><fingerprint>@<token hash>

@@ -39,7 +39,7 @@ class DiskStore(KVStore):
         shape: tuple[int, int, int] | None = None,
         use_mmap: bool = True,
         fsync: bool = False,
-        mmap_min_bytes: int = 1 << 20,
+        mmap_min_bytes: int = 256 << 10,
     ) -> None:
         self.dir = Path(directory)
         self._root = str(self.dir)
@@ -79,14 +79,19 @@ class DiskStore(KVStore):
     def get(self, key: ChunkKey) -> ChunkKV | None:
         rel = key.relpath()
         try:
-            with open(os.path.join(self._root, rel), "rb") as f:
-                size = os.fstat(f.fileno()).st_size
+            fd = os.open(os.path.join(self._root, rel), os.O_RDONLY)
+            try:
+                size = os.fstat(fd).st_size
                 if size == 0:
                     raise serde.CorruptEntry("empty file")
                 if self.use_mmap and size >= self.mmap_min_bytes:
-                    buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private pages: writable views
+                    buf = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)  # private pages: writable views
                 else:
-                    buf = f.read()  # below ~1 MiB mapping costs more than copying (page faults, setup)
+                    buf = os.read(fd, size)  # below ~256 KiB mapping costs more than copying (page faults, setup)
+                    if len(buf) != size:  # the file changed under us (another writer's rename): not damage
+                        return None
+            finally:
+                os.close(fd)
             kv = serde.decode(buf, key, self.shape)
         except FileNotFoundError:
             return None

@@ -20,7 +20,7 @@ from indexer.store_disk import DiskStore
 
 def bench_index(model_dir: Path | None, repo: Path, device: str | None = None, repeats: int = 3) -> dict:
     """Index `repo` `repeats` times into fresh caches and prefill its distinct chunks as many times, interleaved
-    (best of each). Then load every disk entry (mmap + crc32 verification, fp16 views; and cast to the model
+    (best of each). Then load every disk entry (mmap + checksum verification, fp16 views; and cast to the model
     dtype) against `open().read()` of the same files, page cache warm for both."""
     lm = load_model(model_dir, device=device)
     tmp = Path(tempfile.mkdtemp(prefix="kvblend-bench-index-"))
@@ -83,9 +83,11 @@ def bench_index(model_dir: Path | None, repo: Path, device: str | None = None, r
                 finally:
                     os.close(fd)
 
+        # Written back first: no writeback competes with the timings, and eviction works (dirty pages stay).
+        os.sync()
         plain(), load(False)  # page cache warm for both
         plain_s, load_s, cast_s, cold_plain_s, cold_load_s = [], [], [], [], []
-        for _ in range(max(repeats, 5)):
+        for _ in range(max(repeats, 9)):  # a pass takes ~10-40 ms: more of them steady the best
             plain_s.append(plain())
             load_s.append(load(False))
             cast_s.append(load(True))

@@ -86,6 +86,21 @@ def test_every_truncation_and_bit_flip_is_detected():
         serde.decode(data, key, (3, 2, 32))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_check_is_the_unsigned_wrapping_sum(threads):
+    # words near 2**64 so the sum overflows many times; enough of them that torch splits the reduction
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    words = rng.integers(2**63, 2**64 - 1, size=300_001, dtype=np.uint64, endpoint=True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert serde._check(words) == int(words.sum(dtype=np.uint64)) == sum(words.tolist()) % 2**64
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("use_mmap", [True, False])
 def test_disk_store_round_trip_and_damage(tmp_path, use_mmap):
     store = DiskStore(tmp_path, 1 << 30, shape=SHAPE, use_mmap=use_mmap, mmap_min_bytes=0)
