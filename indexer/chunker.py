@@ -133,7 +133,7 @@ class Chunker:
     def _merge_small(self, lines: list[str], spans: list[tuple[int, int]], budget: int) -> list[tuple[int, int]]:
         """Join units under min_tokens to the next one. Counts are per unit, summed for joins (BPE is nearly
         additive at line breaks; `_fit` catches the rare excess)."""
-        counts = [self._count("".join(lines[a:b])) for a, b in spans]
+        counts = [len(ids) for ids in self.tok.encode_batch(["".join(lines[a:b]) for a, b in spans])]
         out: list[tuple[int, int, int]] = []
         carry: tuple[int, int, int] | None = None
         for (a, b), n in zip(spans, counts, strict=True):

@@ -1,7 +1,7 @@
 """The byte format of one stored chunk (disk files and Redis values).
 
     b"KVB3" | u32 header_len | u64 sum | msgpack header | zero pad to 16 |
-    tokens (uint16, or int32 when the vocabulary needs it) | pad to 2 | k fp16 | v fp16 | zero pad to 8
+    tokens (uint16, or int32 when the vocabulary needs it) | pad to 8 | k fp16 | v fp16 | zero pad to 8
 
 header: {"key": "<fingerprint>@<token hash>", "n": n_tokens, "shape": [n_layers, n_kv_heads, head_dim],
 "tok": "u2" | "i4", "pos0": first position (positions contiguous) or "pos": [positions], "len": payload bytes}.
@@ -57,6 +57,13 @@ def _check(words: np.ndarray) -> int:
 
 def encode(key: ChunkKey, kv: ChunkKV) -> bytearray:
     """The entry's bytes. Raises ValueError when k or v overflow fp16 (such KV is never stored rounded)."""
+    return bytearray(b"".join(encode_parts(key, kv)))
+
+
+def encode_parts(key: ChunkKey, kv: ChunkKV) -> list:
+    """The entry as buffers to write one after another (the fixed and msgpack header, the token ids, k, v),
+    each a multiple of 8 bytes, so the check is summed piece by piece and the KV is never copied into one
+    big buffer. Raises ValueError when k or v overflow fp16 (such KV is never stored rounded)."""
     n = len(kv)
     L, H, n_k, D = kv.k.shape  # k: [n_layers, n_kv_heads, n_tokens, head_dim]
     assert n_k == n and kv.v.shape == kv.k.shape and kv.positions.shape == (n,), (kv.k.shape, kv.v.shape, n)
@@ -71,20 +78,24 @@ def encode(key: ChunkKey, kv: ChunkKV) -> bytearray:
     p0 = int(pos[0]) if n else 0
     head: dict = {"key": key.to_str(), "n": n, "shape": [L, H, D], "tok": tok}
     head.update({"pos0": p0} if torch.equal(pos, torch.arange(p0, p0 + n)) else {"pos": pos.tolist()})
-    tok_bytes = ids.nbytes + _pad(ids.nbytes, 2)
+    tok_bytes = ids.nbytes + _pad(ids.nbytes, 8)
     kv_bytes = k16.numel() * 2
-    head["len"] = tok_bytes + 2 * kv_bytes + _pad(tok_bytes + 2 * kv_bytes, 8)
+    head["len"] = tok_bytes + 2 * kv_bytes + _pad(2 * kv_bytes, 8)
     hb = msgpack.packb(head)
     start = _FIXED.size + len(hb) + _pad(_FIXED.size + len(hb), _ALIGN)
-    out = bytearray(start + head["len"])
-    mv = memoryview(out)
-    mv[_FIXED.size : _FIXED.size + len(hb)] = hb
-    mv[start : start + ids.nbytes] = ids.tobytes()
-    off = start + tok_bytes
-    mv[off : off + kv_bytes] = k16.contiguous().view(torch.uint8).reshape(-1).numpy()
-    mv[off + kv_bytes : off + 2 * kv_bytes] = v16.contiguous().view(torch.uint8).reshape(-1).numpy()
-    _FIXED.pack_into(out, 0, MAGIC, len(hb), _check(np.frombuffer(out, dtype="<u8", offset=_FIXED.size)))
-    return out
+    first = bytearray(start + tok_bytes)  # fixed header (packed last), msgpack header, pad, ids, pad
+    first[_FIXED.size : _FIXED.size + len(hb)] = hb
+    first[start : start + ids.nbytes] = ids.tobytes()
+    k_bytes, v_bytes = (t.contiguous().view(torch.uint8).reshape(-1).numpy() for t in (k16, v16))
+    if kv_bytes % 8 == 0:
+        parts = [first, k_bytes, v_bytes]
+    else:  # k and v rows of an odd size: one joined, padded piece keeps every piece 8-aligned
+        parts = [first, np.concatenate([k_bytes, v_bytes, np.zeros(_pad(2 * kv_bytes, 8), np.uint8)])]
+    check = _check(np.frombuffer(first, dtype="<u8", offset=_FIXED.size))
+    for part in parts[1:]:
+        check += _check(np.frombuffer(part, dtype="<u8"))
+    _FIXED.pack_into(first, 0, MAGIC, len(hb), check & _U64)
+    return parts
 
 
 def decode(buf, key: ChunkKey | None = None, shape: tuple[int, int, int] | None = None) -> ChunkKV:
@@ -113,9 +124,9 @@ def decode(buf, key: ChunkKey | None = None, shape: tuple[int, int, int] | None 
     if shape is not None and (L, H, D) != tuple(shape):
         raise CorruptEntry(f"entry has shape {(L, H, D)}, the model {tuple(shape)}")
     itemsize = 2 if tok == "u2" else 4
-    tok_bytes = n * itemsize + _pad(n * itemsize, 2)
+    tok_bytes = n * itemsize + _pad(n * itemsize, 8)
     kv_elems = L * H * n * D
-    if length != tok_bytes + 4 * kv_elems + _pad(tok_bytes + 4 * kv_elems, 8):
+    if length != tok_bytes + 4 * kv_elems + _pad(4 * kv_elems, 8):
         raise CorruptEntry(f"payload of {length} bytes does not fit shape {(L, H, n, D)}")
     ids = np.frombuffer(mv, dtype="<u2" if tok == "u2" else "<i4", count=n, offset=start)
     tokens = torch.from_numpy(ids.astype(np.int64))

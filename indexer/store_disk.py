@@ -52,6 +52,7 @@ class DiskStore(KVStore):
         self._sizes: collections.OrderedDict[str, int] = collections.OrderedDict()  # relpath -> bytes, LRU first
         self._bytes = 0
         self.dropped = 0  # corrupt entries deleted
+        self._dirs: set[Path] = set()  # fan-out directories known to exist (one mkdir each, not one per put)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._scan()
 
@@ -117,26 +118,19 @@ class DiskStore(KVStore):
                 self._sizes.move_to_end(rel)
                 return
         try:
-            data = serde.encode(key, kv)
+            parts = serde.encode_parts(key, kv)
         except ValueError as e:
             log.warning("%s", e)
             return
-        size = len(data)
+        size = sum(memoryview(p).nbytes for p in parts)
         if size > self.max_bytes:
             return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{key.token_hash}.", suffix=".tmp", dir=path.parent)
             try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    if self.fsync:
-                        f.flush()
-                        os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                _unlink(tmp)
-                raise
+                self._write(path, key, parts)
+            except FileNotFoundError:  # the fan-out directory was removed under us: make it again, once
+                self._dirs.discard(path.parent)
+                self._write(path, key, parts)
         except OSError as e:
             log.warning("cannot write disk entry %s: %s", key.to_str(), e.strerror)
             return
@@ -144,6 +138,24 @@ class DiskStore(KVStore):
             self._bytes += size - self._sizes.pop(rel, 0)
             self._sizes[rel] = size
             self._evict()
+
+    def _write(self, path: Path, key: ChunkKey, parts: list) -> None:
+        """Write the entry to a temporary file beside `path`, then rename it over `path` (atomic)."""
+        if path.parent not in self._dirs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key.token_hash}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for part in parts:
+                    f.write(part)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink(tmp)
+            raise
 
     def _evict(self) -> None:
         while self._bytes > self.max_bytes and self._sizes:

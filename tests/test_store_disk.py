@@ -86,6 +86,37 @@ def test_every_truncation_and_bit_flip_is_detected():
         serde.decode(data, key, (3, 2, 32))
 
 
+@pytest.mark.parametrize("shape,n,vocab", [((1, 1, 3), 5, 320), ((2, 1, 6), 7, 100_000), ((3, 2, 16), 1, 320)])
+def test_odd_sizes_round_trip_and_are_checked(shape, n, vocab):
+    # k/v of an odd byte size (joined, padded piece), int32 token ids, a single token
+    kv = _kv(n, vocab=vocab, shape=shape)
+    key = _key(kv)
+    data = bytes(serde.encode(key, kv))
+    assert len(data) % 8 == 0
+    back = serde.decode(data, key, shape)
+    assert torch.equal(back.tokens, kv.tokens) and torch.equal(back.positions, kv.positions)
+    assert torch.equal(back.k, kv.k.half()) and torch.equal(back.v, kv.v.half())
+    for off in range(16, len(data), 3):
+        bad = bytearray(data)
+        bad[off] ^= 1
+        with pytest.raises(serde.CorruptEntry):
+            serde.decode(bad, key, shape)
+
+
+def test_put_recreates_a_directory_removed_under_it(tmp_path):
+    import shutil
+
+    store = DiskStore(tmp_path, 1 << 30, shape=SHAPE)
+    a, b = _kv(30, seed=1), _kv(30, seed=1, positions=torch.arange(5, 35))
+    store.put(_key(a), a)
+    shutil.rmtree(tmp_path / _key(a).relpath().split("/")[0])  # the fan-out directory, as `rm -rf` would
+    b_key = ChunkKey(_key(a).fingerprint, _key(a).token_hash)  # same directory
+    store.delete(b_key)
+    store.put(b_key, b)
+    got = store.get(b_key)
+    assert got is not None and torch.equal(got.positions, b.positions)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_check_is_the_unsigned_wrapping_sum(threads):
     # words near 2**64 so the sum overflows many times; enough of them that torch splits the reduction
