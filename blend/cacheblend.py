@@ -210,11 +210,18 @@ def naive(model: Transformer, chunks: list[ChunkKV], prompt: torch.Tensor, extra
 def prefix_reuse(model: Transformer, chunks: list[ChunkKV], prompt: torch.Tensor, extra_capacity: int = 64):
     """Baseline: exact prefix caching. The first chunk's KV is reused as is (it must have been computed at
     positions 0..n-1 with nothing before it); everything after it is prefilled."""
+    rest = torch.cat([c.tokens.to(model.device) for c in chunks[1:]] + [prompt.to(model.device)])
+    return prefix_then(model, chunks[0], rest, extra_capacity)
+
+
+@torch.inference_mode()
+def prefix_then(model: Transformer, first: ChunkKV, rest: torch.Tensor, extra_capacity: int = 64) -> BlendResult:
+    """`first`'s KV reused as the exact prefix, then `rest: [R]` token ids prefilled after it (only the first
+    chunk's KV is needed: the others are recomputed from their tokens)."""
     t0 = time.perf_counter()
-    first = chunks[0]
     if not torch.equal(first.positions.cpu(), torch.arange(len(first))):
         raise ValueError("prefix reuse needs the first chunk precomputed at positions 0..n-1")
-    rest = torch.cat([c.tokens.to(model.device) for c in chunks[1:]] + [prompt.to(model.device)])
+    rest = rest.to(model.device)
     cache = KVCache.from_tensors(first.k.to(model.device), first.v.to(model.device), first.positions.to(model.device))
     cache.reserve(rest.shape[0] + extra_capacity)
     cache.truncate(len(first))

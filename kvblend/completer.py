@@ -323,18 +323,20 @@ class Completer:
                 logits = model.prefill(tokens, cache)
             timings["prefill"] = _ms(t)
             return logits, cache, tokens.shape[0], mode
+        if mode == "prefix":  # the header is the exact prefix every request shares; the rest is prefilled
+            rest = torch.tensor(ctx_tokens[len(header) :] + local, device=model.device)
+            r = cacheblend.prefix_then(model, header, rest, extra)
+            timings["prefill"] = _ms(t)
+            return r.logits, r.cache, rest.shape[0], mode
         kvs = [header] + [self.indexer.get_kv(c) for c in chunks]
         timings["kv_load"] = _ms(t)
         t = time.perf_counter()
         if mode == "blend":
             r = cacheblend.blend(model, kvs, prompt, BlendConfig(recompute_ratio=s.recompute_ratio), extra)
             prefilled = int(r.selected.shape[0])
-        elif mode == "naive":
+        else:  # naive
             r = cacheblend.naive(model, kvs, prompt, extra)
             prefilled = len(local)
-        else:  # prefix: the header is the exact prefix every request shares
-            r = cacheblend.prefix_reuse(model, kvs, prompt, extra)
-            prefilled = len(ctx_tokens) + len(local) - len(header)
         timings["blend"] = _ms(t)
         return r.logits, r.cache, prefilled, mode
 

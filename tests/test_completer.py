@@ -95,6 +95,21 @@ def test_session_reuse_equals_rebuilding(lm, indexer, mode):
     assert r.text == ref.text
 
 
+def test_prefix_mode_loads_no_chunk_kv_and_equals_full(lm, indexer, monkeypatch):
+    """Mode prefix reuses the header's KV and prefills the rest from tokens: no chunk KV is loaded, and the
+    completion equals full prefill of the same context."""
+    loads = []
+    monkeypatch.setattr(indexer, "get_kv", lambda chunk: loads.append(chunk) or pytest.fail("chunk KV loaded"))
+    settings = Settings(mode="prefix", max_line_tokens=12, multiline="never", session_reuse=False)
+    req = request(APP, "    name = helpers.")
+    r = Completer(lm, settings, indexer).complete(req)
+    monkeypatch.undo()
+    ref = Completer(lm, dataclasses_replace(settings, mode="full"), indexer).complete(req)
+    assert r.kv_path == "prefix" and not loads and len(r.context) > 0
+    assert r.context == ref.context and r.text == ref.text
+    assert r.tokens_prefilled == ref.tokens_prefilled - r.tokens_reused > 0
+
+
 def test_session_prefill_matches_logits(lm, indexer):
     """The logits of the session path equal a fresh full prefill of the same tokens (mode full)."""
     settings = Settings(mode="full", max_line_tokens=1, multiline="never")
