@@ -94,3 +94,30 @@ def test_resumed_training_equals_uninterrupted(corpus, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_worker_processes_make_the_same_batches_and_weights(corpus, tmp_path):
+    """Batches depend on (seed, step) alone: made ahead by worker processes they are the ones this process
+    would make, in order, so a run with workers trains the same weights."""
+    from kvblend.training.train import Batches, batch_rows
+
+    a = _args(tmp_path / "w", corpus, steps=6, workers=2)
+    repos = load_repos(corpus)
+    tok_json = train_tokenizer(repos, 384).to_str()
+    (tmp_path / "tokenizer.json").write_text(tok_json)
+    maker = SampleMaker(Tokenizer.from_dir(tmp_path), repos, name_words(repos), a.seq_len, a.seed)
+    batches = Batches(maker, a, tok_json, start=1)
+    try:
+        got = [batches.get(s) for s in range(1, 6)]
+    finally:
+        batches.close()
+    for s, rows in zip(range(1, 6), got, strict=True):
+        assert (rows == batch_rows(maker, a, s)).all(), s
+    assert batch_rows(maker, a, 0).shape == (2, 33)  # step 0: the induct phase's short sequences
+    assert all(rows.shape == (2, 65) for rows in got)
+
+    train(_args(tmp_path / "a", corpus, steps=4))
+    train(_args(tmp_path / "b", corpus, steps=4, workers=2))
+    wa = load_file(str(tmp_path / "a" / "out" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "out" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

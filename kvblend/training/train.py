@@ -12,13 +12,16 @@ Progress, held-out loss and the induction ratio are logged every `--eval-every` 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import logging
 import math
+import multiprocessing
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -97,6 +100,7 @@ class TrainArgs:
     preset: str = "tiny"
     corpus_root: Path | None = None
     induct_id_bound: int = 0  # 0: random spans over the whole vocabulary
+    workers: int = 0  # processes making batches ahead of the optimizer (a GPU outruns one Python process)
 
 
 def phase_at(step: int, a: TrainArgs) -> str:
@@ -124,15 +128,67 @@ def init_weights(model: Transformer) -> None:
             torch.nn.init.normal_(p, 0.0, std)
 
 
-def make_batch(maker: SampleMaker, phase: str, batch: int, device) -> torch.Tensor:
+def batch_rows(maker: SampleMaker, a: TrainArgs, step: int) -> np.ndarray:
+    """The token rows of optimizer step `step`: [batch, seq_len + 1]. A function of (seed, step) alone, so any
+    worker process can make any step's batch and a resumed run sees the data an uninterrupted one would."""
+    phase = phase_at(step, a)
+    maker.rng.seed(f"{a.seed}:{step}")
+    maker.seq_len = a.induct_seq_len if phase == "induct" else a.seq_len
+    maker.random_id_bound = a.induct_id_bound if phase == "induct" and a.induct_id_bound else maker.n_regular
     kinds, weights = zip(*PHASES[phase].items(), strict=True)
-    rows = [maker.sample(maker.rng.choices(kinds, weights)[0]) for _ in range(batch)]
-    return torch.tensor(rows, device=device)  # [batch, seq_len + 1]
+    n = a.batch if phase == "main" else a.copy_batch
+    return np.array([maker.sample(maker.rng.choices(kinds, weights)[0]) for _ in range(n)], dtype=np.int64)
+
+
+_WORKER_MAKER: SampleMaker | None = None  # one per worker process, built by `_init_worker`
+_WORKER_ARGS: TrainArgs | None = None
+
+
+def _init_worker(tok_json: str, repos, words: list[str], a: TrainArgs) -> None:
+    global _WORKER_MAKER, _WORKER_ARGS
+    from tokenizers import Tokenizer as HFTokenizer
+
+    _WORKER_MAKER = SampleMaker(Tokenizer(HFTokenizer.from_str(tok_json), (0,)), repos, words, a.seq_len, a.seed)
+    _WORKER_ARGS = a
+
+
+def _worker_rows(step: int) -> np.ndarray:
+    assert _WORKER_MAKER is not None and _WORKER_ARGS is not None
+    return batch_rows(_WORKER_MAKER, _WORKER_ARGS, step)
+
+
+class Batches:
+    """Batches for steps start, start + 1, ... made in this process, or `a.workers` processes ahead."""
+
+    def __init__(self, maker: SampleMaker, a: TrainArgs, tok_json: str, start: int) -> None:
+        self.maker, self.a, self.next = maker, a, start
+        self.pool, self.ahead = None, collections.deque()
+        if a.workers > 0:
+            # fork: the workers inherit the corpus instead of unpickling it; they never touch torch or CUDA
+            ctx = multiprocessing.get_context("fork")
+            self.pool = ctx.Pool(a.workers, _init_worker, (tok_json, maker.repos, maker.words, a))
+
+    def get(self, step: int) -> np.ndarray:
+        if self.pool is None:
+            return batch_rows(self.maker, self.a, step)
+        while self.next < min(step + 2 * self.a.workers, self.a.steps) or not self.ahead:
+            self.ahead.append((self.next, self.pool.apply_async(_worker_rows, (self.next,))))
+            self.next += 1
+        queued, result = self.ahead.popleft()
+        assert queued == step, (queued, step)
+        return result.get()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool = None
 
 
 def train(a: TrainArgs) -> dict:
     torch.manual_seed(a.seed)
     dev = torch.device(a.device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: fp32 weights, tensor-core speed
     arch = PRESETS[a.preset]
     repos = load_repos(a.corpus_root)
     train_repos, held_repos = split_repos(repos)
@@ -152,9 +208,9 @@ def train(a: TrainArgs) -> dict:
         init_weights(model)
     tok_path.write_text(hf_tok_json)
     tok = Tokenizer.from_dir(a.work)
-    model = model.to(dev)
     words = name_words(train_repos)
     maker = SampleMaker(tok, train_repos, words, a.seq_len, a.seed)
+    model = model.to(dev)
     decay = [p for p in model.parameters() if p.dim() == 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -167,17 +223,23 @@ def train(a: TrainArgs) -> dict:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, history, tokens_seen = state["step"], state["history"], state["tokens_seen"]
-        maker.rng.setstate(state["py_rng"])
         torch.set_rng_state(state["torch_rng"])
         log.info("resumed from step %d", step)
+    batches = Batches(maker, a, hf_tok_json, step)
+    try:
+        return _loop(a, model, opt, batches, tok, held_repos, hf_tok_json, step, history, tokens_seen)
+    finally:
+        batches.close()
+
+
+def _loop(a, model, opt, batches, tok, held_repos, hf_tok_json, step, history, tokens_seen) -> dict:
+    ckpt, dev, arch = a.work / "ckpt.pt", model.device, model.cfg
     t_start, t_log, running, tokens_at_log = time.time(), time.time(), [], tokens_seen
     while step < a.steps:
         phase = phase_at(step, a)
-        maker.seq_len = a.induct_seq_len if phase == "induct" else a.seq_len
-        maker.random_id_bound = a.induct_id_bound if phase == "induct" and a.induct_id_bound else maker.n_regular
         for group in opt.param_groups:
             group["lr"] = lr_at(step, a)
-        batch = make_batch(maker, phase, a.batch if phase == "main" else a.copy_batch, dev)
+        batch = torch.from_numpy(batches.get(step)).to(dev)  # [batch, seq_len + 1]
         logits = model(batch[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -201,8 +263,7 @@ def train(a: TrainArgs) -> dict:
             log.info(json.dumps(entry))
             running, t_log, tokens_at_log = [], time.time(), tokens_seen
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "history": history,
-                        "tokens_seen": tokens_seen, "py_rng": maker.rng.getstate(),
-                        "torch_rng": torch.get_rng_state()}, ckpt)  # fmt: skip
+                        "tokens_seen": tokens_seen, "torch_rng": torch.get_rng_state()}, ckpt)  # fmt: skip
             export_checkpoint(model, hf_tok_json, a.out)
             (a.out / "train_history.json").write_text(json.dumps(history, indent=1) + "\n")
         if out_of_time:
@@ -231,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--max-minutes", type=float, default=float("inf"), help="stop (and export) after this long")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=0, help="batch-making processes (0: in this process)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     p.add_argument("--corpus-root", type=Path, default=None, help="a folder of .py files (default: the stdlib)")
     args = p.parse_args(argv)
