@@ -121,3 +121,22 @@ def test_worker_processes_make_the_same_batches_and_weights(corpus, tmp_path):
     wa = load_file(str(tmp_path / "a" / "out" / "model.safetensors"))
     wb = load_file(str(tmp_path / "b" / "out" / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_grown_model_computes_what_the_small_one_did():
+    import dataclasses
+
+    from blend.model import Transformer
+    from kvblend.training.train import PRESETS, grow, init_weights
+
+    torch.manual_seed(0)
+    small_cfg = PRESETS["micro"]
+    small = Transformer(small_cfg)
+    init_weights(small)
+    big = grow(small, dataclasses.replace(small_cfg, n_layers=5, sliding_windows=()))
+    assert big.cfg.n_layers == 5
+    toks = torch.randint(0, small_cfg.vocab_size, (2, 24))
+    with torch.no_grad():
+        assert torch.equal(big(toks), small(toks))
+    with pytest.raises(ValueError, match="cannot grow"):
+        grow(small, dataclasses.replace(small_cfg, dim=64, head_dim=32))

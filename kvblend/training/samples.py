@@ -5,8 +5,10 @@ Every sample is a list of token ids of length `seq_len + 1` (inputs and shifted 
   is turned into a fill-in-the-middle example (PSM or SPM order, split at character positions).
 - "defuse": a small file defining made-up functions, then several hundred tokens of real code, then uses
   of those names: the cross-file copying that completion needs.
-- "repeat": spans of random token ids (or of real code) that recur later in the sequence: the plain
-  induction pattern that in-context copying grows from.
+- "repeat": spans of random token ids (or of real code) that recur later in the sequence, after a gap.
+- "twice": random spans of varying length, each followed at once by itself. The copy is exact and its
+  distance varies, so only matching content predicts it (at a fixed distance a model learns "copy from d
+  tokens back", a positional shortcut, instead: measured, see README).
 """
 
 from __future__ import annotations
@@ -141,6 +143,13 @@ class SampleMaker:
             name = rng.choice(names)
             uses += f"\n{rng.choice(self.words)} = {name}({rng.choice(self.words)})\n"
         return ids + self.tok.encode(uses)
+
+    def _twice(self) -> list[int]:
+        rng, ids = self.rng, []
+        while len(ids) < self.seq_len + 1:
+            span = [rng.randrange(len(SPECIAL_TOKENS), self.random_id_bound) for _ in range(rng.randint(8, 48))]
+            ids += span + span
+        return ids
 
     def _repeat(self) -> list[int]:
         rng = self.rng

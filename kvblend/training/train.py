@@ -57,6 +57,9 @@ TINY = ModelConfig(
 
 PRESETS = {
     "tiny": TINY,
+    # The first stage of a grown model: the shipped width in 2 layers, where induction heads form in fewer
+    # steps; `--init-from` its checkpoint with `--preset tiny` stacks 4 more layers on top (see `grow`).
+    "tiny2": dataclasses.replace(TINY, n_layers=2, sliding_windows=()),
     # For tests of the training loop itself: seconds per step on a laptop-class CPU.
     "micro": dataclasses.replace(
         TINY,
@@ -73,7 +76,7 @@ PRESETS = {
 
 # Sample mix per phase: kind -> weight.
 PHASES = {
-    "induct": {"repeat": 1.0},
+    "induct": {"twice": 1.0},
     "copy": {"repeat": 0.6, "defuse": 0.3, "repo": 0.1},
     "main": {"repo": 0.5, "defuse": 0.25, "repeat": 0.25},
 }
@@ -115,6 +118,28 @@ def lr_at(step: int, a: TrainArgs) -> float:
         return a.lr * (step + 1) / a.warmup
     frac = (step - a.warmup) / max(1, a.steps - a.warmup)
     return a.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def grow(small: Transformer, cfg: ModelConfig) -> Transformer:
+    """A deeper model computing exactly what `small` computes: small's layers first, then new layers whose
+    output projections (o_proj, down_proj) are zero, so each new block starts as the identity and training
+    brings it in. What the small model learnt (induction heads) stays in the bottom layers."""
+    if (cfg.dim, cfg.vocab_size, cfg.n_heads, cfg.n_kv_heads) != (
+        small.cfg.dim,
+        small.cfg.vocab_size,
+        small.cfg.n_heads,
+        small.cfg.n_kv_heads,
+    ) or cfg.n_layers < small.cfg.n_layers:
+        raise ValueError(f"cannot grow {small.cfg.n_layers} layers x {small.cfg.dim} into {cfg.n_layers} x {cfg.dim}")
+    big = Transformer(cfg)
+    init_weights(big)
+    missing, unexpected = big.load_state_dict(small.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("layers.") for k in missing), (missing, unexpected)
+    with torch.no_grad():
+        for blk in big.layers[small.cfg.n_layers :]:
+            blk.self_attn.o_proj.weight.zero_()
+            blk.mlp.down_proj.weight.zero_()
+    return big
 
 
 def init_weights(model: Transformer) -> None:
@@ -199,6 +224,9 @@ def train(a: TrainArgs) -> dict:
     if a.init_from is not None:
         lm = load_model(a.init_from, device="cpu", dtype=torch.float32)
         model, hf_tok_json = lm.model, (a.init_from / "tokenizer.json").read_text()
+        if arch.n_layers > model.cfg.n_layers:
+            log.info("growing %d layers into %d", model.cfg.n_layers, arch.n_layers)
+            model = grow(model, dataclasses.replace(arch, eos_token_ids=model.cfg.eos_token_ids))
         model.requires_grad_(True).train()
     else:
         if not tok_path.exists():
