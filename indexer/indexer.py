@@ -76,7 +76,7 @@ class Indexer:
         mc = lm.config
         self.shape = (mc.n_layers, mc.n_kv_heads, mc.head_dim)
         dev, dtype = lm.model.device, lm.model.dtype
-        self.store = store or TieredStore.from_config(cfg.store, self.shape, dtype=dtype, device=dev, write_behind=True)
+        self.store = store or TieredStore.from_config(cfg.store, self.shape, dtype=dtype, device=dev)
         prefix = tuple(lm.tokenizer.encode(f"{REPO_NAME}{cfg.repo_name}\n")) if cfg.shared_prefix else ()
         self.chunker = Chunker(lm.tokenizer, lm.fingerprint, cfg.max_chunk_tokens, cfg.min_chunk_tokens, prefix)
         self.engine = Precomputer(lm.model, prefix)
@@ -165,13 +165,7 @@ class Indexer:
     def _finish(self, result: UpdateResult) -> UpdateResult:
         if not self._background:
             result.computed = self.queue.run_pending()
-            self.flush()
         return result
-
-    def flush(self) -> None:
-        """Wait until computed chunks have reached every store tier (disk, Redis)."""
-        if isinstance(self.store, TieredStore):
-            self.store.flush()
 
     def update(self, paths: Iterable[str | Path], recent: bool = True) -> UpdateResult:
         """Re-index these files or directories (created, changed, deleted or moved); `recent` marks them as
@@ -235,7 +229,7 @@ class Indexer:
         self._finish(result)
         self.refresh_commits()
         if self._background:
-            self.wait()
+            self.queue.wait()
         seconds = time.perf_counter() - t0
         chunks = self.chunks()
         tokens = sum(c.n_tokens for c in chunks)
@@ -285,10 +279,7 @@ class Indexer:
         self.queue.start()
 
     def wait(self, timeout: float | None = None) -> bool:
-        done = self.queue.wait(timeout) if self._background else True
-        if done:
-            self.flush()
-        return done
+        return self.queue.wait(timeout) if self._background else True
 
     def close(self) -> None:
         self.queue.stop()

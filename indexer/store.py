@@ -11,7 +11,6 @@ Contract of a tier (`KVStore`):
 from __future__ import annotations
 
 import abc
-import concurrent.futures
 import logging
 
 import torch
@@ -80,33 +79,21 @@ class TieredStore(KVStore):
 
     Entries come back on `device` in `dtype` (the model's); every tier keeps them in fp16 (memory included,
     which holds twice the chunks of an fp32 cache that way).
-
-    With `write_behind`, a put goes to the first tier at once and to the slower ones (disk encoding and
-    writing, Redis round trips) on one writer thread, in order, overlapping the next chunk's prefill;
-    deletes take the same queue so they cannot be overtaken. `flush()` waits for the queue (the indexer
-    flushes at the end of every synchronous update; `close` flushes too).
     """
 
     name = "tiered"
 
-    def __init__(
-        self, tiers: list[KVStore], dtype: torch.dtype | None = None, device=None, write_behind: bool = False
-    ) -> None:
+    def __init__(self, tiers: list[KVStore], dtype: torch.dtype | None = None, device=None) -> None:
         if not tiers:
             raise ValueError("a tiered store needs at least one tier")
         self.tiers = tiers
         self.dtype, self.device = dtype, device
         self.hits = {t.name: 0 for t in tiers}
         self.misses = 0
-        self._writer = (
-            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kvblend-store-writer")
-            if write_behind and len(tiers) > 1
-            else None
-        )
 
     @classmethod
-    def from_config(cls, cfg: StoreConfig, shape=None, dtype=None, device=None, write_behind=False) -> TieredStore:
-        return cls([make_store(name, cfg, shape) for name in cfg.tiers], dtype, device, write_behind)
+    def from_config(cls, cfg: StoreConfig, shape=None, dtype=None, device=None) -> TieredStore:
+        return cls([make_store(name, cfg, shape) for name in cfg.tiers], dtype, device)
 
     def tier(self, name: str) -> KVStore | None:
         return next((t for t in self.tiers if t.name == name), None)
@@ -131,44 +118,20 @@ class TieredStore(KVStore):
         self.misses += 1
         return None
 
-    def _behind(self, op: str, key: ChunkKey, *args) -> None:
-        """Run `op` on every tier after the first, on the writer thread (or now, without one)."""
-
-        def run() -> None:
-            for t in self.tiers[1:]:
-                try:
-                    getattr(t, op)(key, *args)
-                except Exception:  # a tier's own errors are logged as misses; anything else must not kill the queue
-                    log.exception("%s tier: %s of %s failed", t.name, op, key.to_str())
-
-        if self._writer is None:
-            run()
-        else:
-            self._writer.submit(run)
-
     def put(self, key: ChunkKey, kv: ChunkKV) -> None:
-        self.tiers[0].put(key, kv)
-        self._behind("put", key, kv)
+        for t in self.tiers:
+            t.put(key, kv)
 
     def contains(self, key: ChunkKey) -> bool:
         return any(t.contains(key) for t in self.tiers)
 
     def delete(self, key: ChunkKey) -> None:
-        self.tiers[0].delete(key)
-        self._behind("delete", key)
-
-    def flush(self) -> None:
-        """Wait until every queued write and delete has reached its tier."""
-        if self._writer is not None:
-            self._writer.submit(lambda: None).result()
+        for t in self.tiers:
+            t.delete(key)
 
     def nbytes(self) -> int:
-        self.flush()
         return sum(max(t.nbytes(), 0) for t in self.tiers)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.shutdown(wait=True)
-            self._writer = None
         for t in self.tiers:
             t.close()
