@@ -1,6 +1,6 @@
 """The on-disk format of one capsule (same approach as `indexer.serde`, own magic and fields).
 
-    b"KVC1" | u32 header_len | u64 sum | u64 xor | msgpack header | zero pad to 16 | sections
+    b"KVC1" | u32 header_len | u64 sum | u64 reserved | msgpack header | zero pad to 16 | sections
 
 Sections, each zero-padded to 8 bytes, in this order: tokens (int32 [n]), last logits (fp32 [vocab]),
 sampler state (uint8, optional), positions (int64 [n], only when not 0..n-1 shifted by `pos0`),
@@ -12,9 +12,11 @@ header: {"format": 1, "id", "n", "shape": [n_layers, n_kv_heads, head_dim], "dty
 "uri", "doc_version", "text_hash", "parent", "created", "sampling", "sampler_bytes", "pos0" (or absent when a
 positions section follows), "len": payload bytes}.
 
-Check: every byte after the fixed 24, read as little-endian u64 words, by wrapping sum and xor (as in
-`indexer.serde`: a flipped bit changes both, truncation changes the length, memory speed). The sums are
-taken piece by piece as the file streams; every piece starts on an 8-byte boundary so they combine exactly.
+Check: every byte after the fixed 24, read as little-endian u64 words, by their wrapping sum (as in
+`indexer.serde`: a flipped bit changes it, truncation changes the length; one pass on torch's threads). The
+sum is taken piece by piece as the file streams; every piece starts on an 8-byte boundary so the pieces
+combine exactly. The reserved word is written 0 and not read: files written before held an xor of the words
+there, a second pass that caught nothing more (their sum is the same and still verified).
 A write goes to `<name>.tmp` beside the target and is renamed over it. Any failure raises CapsuleFormatError.
 """
 
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"KVC1"
 SUFFIX = ".capsule"
-_FIXED = struct.Struct("<4sIQQ")  # magic, header_len, sum64, xor64
+_FIXED = struct.Struct("<4sIQQ")  # magic, header_len, sum64, reserved (0)
 _ALIGN = 16
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _MASK = (1 << 64) - 1
@@ -52,16 +54,15 @@ def _pad(n: int, align: int) -> int:
 
 
 class _Check:
-    """Running wrapping sum and xor of little-endian u64 words over pieces that each start 8-aligned."""
+    """Running wrapping sum of little-endian u64 words over pieces that each start 8-aligned."""
 
     def __init__(self) -> None:
-        self.sum, self.xor = 0, 0
+        self.sum = 0
 
     def add(self, piece: np.ndarray) -> None:
-        words = np.frombuffer(piece, dtype="<u8")  # piece: uint8 [8 k]
+        words = np.frombuffer(piece, dtype="<i8")  # piece: uint8 [8 k]; two's complement wraps like u64
         if words.size:
-            self.sum = (self.sum + int(words.sum(dtype=np.uint64))) & _MASK
-            self.xor ^= int(np.bitwise_xor.reduce(words))
+            self.sum = (self.sum + int(torch.from_numpy(words).sum())) & _MASK
 
 
 def _bytes_of(t: torch.Tensor) -> np.ndarray:
@@ -134,7 +135,7 @@ def write(capsule: Capsule, path: Path, fsync: bool = False) -> int:
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(_FIXED.pack(MAGIC, len(hb), check.sum, check.xor))
+            f.write(_FIXED.pack(MAGIC, len(hb), check.sum, 0))
             f.write(head_block)
             for piece in body:
                 f.write(memoryview(piece))
@@ -148,12 +149,12 @@ def write(capsule: Capsule, path: Path, fsync: bool = False) -> int:
     return _FIXED.size + head_block.nbytes + head["len"]
 
 
-def _read_head(f, size: int) -> tuple[dict, bytes, int, int, int]:
-    """(header, header block bytes, sum, xor, payload start) from an open file of `size` bytes."""
+def _read_head(f, size: int) -> tuple[dict, bytes, int, int]:
+    """(header, header block bytes, sum, payload start) from an open file of `size` bytes."""
     fixed = f.read(_FIXED.size)
     if len(fixed) < _FIXED.size:
         raise CapsuleFormatError(f"file of {size} bytes is truncated")
-    magic, hlen, s, x = _FIXED.unpack(fixed)
+    magic, hlen, s, _reserved = _FIXED.unpack(fixed)
     if magic != MAGIC:
         raise CapsuleFormatError(f"not a capsule file (magic {magic!r})")
     start = _FIXED.size + hlen + _pad(_FIXED.size + hlen, _ALIGN)
@@ -172,14 +173,14 @@ def _read_head(f, size: int) -> tuple[dict, bytes, int, int, int]:
         raise CapsuleFormatError(f"unknown KV dtype {head['dtype']!r}")
     if size != start + length:
         raise CapsuleFormatError(f"file holds {size - start} payload bytes, its header says {length} (truncated?)")
-    return head, block, s, x, start
+    return head, block, s, start
 
 
 def read_info(path: Path) -> tuple[dict, list[int]]:
     """Header and token ids of a capsule file, without reading (or verifying) its KV."""
     path = Path(path)
     with open(path, "rb") as f:
-        head, _, _, _, _ = _read_head(f, os.fstat(f.fileno()).st_size)
+        head, _, _, _ = _read_head(f, os.fstat(f.fileno()).st_size)
         ids = np.frombuffer(f.read(4 * head["n"]), dtype="<i4")
     if ids.size != head["n"]:
         raise CapsuleFormatError(f"{path}: token section truncated")
@@ -197,7 +198,7 @@ def read(path: Path, spare_tokens: int = SPARE_TOKENS, device: torch.device | st
 
 
 def _read(f, size: int, spare: int, device) -> Capsule:
-    head, block, s, x, _ = _read_head(f, size)
+    head, block, s, _ = _read_head(f, size)
     check = _Check()
     check.add(np.frombuffer(block, dtype=np.uint8))
     n, (L, H, D), vocab = head["n"], head["shape"], head["vocab"]
@@ -236,7 +237,7 @@ def _read(f, size: int, spare: int, device) -> Capsule:
             tmp = torch.empty(L, H, n, D, dtype=dtype)
             into(tmp)
             kv_all[:, :, :n] = tmp
-    if (check.sum, check.xor) != (s, x):
+    if check.sum != s:
         raise CapsuleFormatError("checksum mismatch (the file is damaged)")
     if device is not None and torch.device(device).type != "cpu":
         buf = SharedBuffer(buf.k_all.to(device), buf.v_all.to(device), buf.pos_all.to(device), n)

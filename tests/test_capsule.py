@@ -175,6 +175,25 @@ def test_corrupt_file_is_refused(case, tmp_path, damage):
         serde.read(path)
 
 
+def test_reserved_word_is_not_read(lm, case, tmp_path):
+    """Files written before this version held an xor in bytes 16-24: they still load (the sum covers the
+    same bytes), and the sum alone still refuses a flipped bit anywhere after them."""
+    path = tmp_path / "old.capsule"
+    serde.write(case[3], path)
+    data = bytearray(path.read_bytes())
+    assert data[16:24] == bytes(8)
+    data[16:24] = (0x0123456789ABCDEF).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+    back = serde.read(path)
+    assert back.tokens == case[3].tokens and torch.equal(back.kv.k_all[:, :, : back.n], case[3].kv.k_all[:, :, : back.n])
+    for off in (24, 100, len(data) // 3, len(data) - 9):
+        bad = bytearray(data)
+        bad[off] ^= 0x04
+        path.write_bytes(bytes(bad))
+        with pytest.raises(CapsuleFormatError):
+            serde.read(path)
+
+
 def test_restore_from_memory_copies_nothing(lm, case):
     """Restore is O(1): the session reads the capsule's KV in place (its time is `bench capsule`'s figure)."""
     cap = case[3]
