@@ -185,7 +185,8 @@ def test_reserved_word_is_not_read(lm, case, tmp_path):
     data[16:24] = (0x0123456789ABCDEF).to_bytes(8, "little")
     path.write_bytes(bytes(data))
     back = serde.read(path)
-    assert back.tokens == case[3].tokens and torch.equal(back.kv.k_all[:, :, : back.n], case[3].kv.k_all[:, :, : back.n])
+    n = back.n
+    assert back.tokens == case[3].tokens and torch.equal(back.kv.k_all[:, :, :n], case[3].kv.k_all[:, :, :n])
     for off in (24, 100, len(data) // 3, len(data) - 9):
         bad = bytearray(data)
         bad[off] ^= 0x04
