@@ -31,6 +31,7 @@ import msgpack
 import numpy as np
 import torch
 
+from blend.checksum import U64, word_sum
 from capsule.capsule import FORMAT_VERSION, Capsule, CapsuleError
 from capsule.config import SPARE_TOKENS
 from capsule.cow import SharedBuffer
@@ -42,7 +43,6 @@ SUFFIX = ".capsule"
 _FIXED = struct.Struct("<4sIQQ")  # magic, header_len, sum64, reserved (0)
 _ALIGN = 16
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_MASK = (1 << 64) - 1
 
 
 class CapsuleFormatError(CapsuleError):
@@ -60,9 +60,7 @@ class _Check:
         self.sum = 0
 
     def add(self, piece: np.ndarray) -> None:
-        words = np.frombuffer(piece, dtype="<i8")  # piece: uint8 [8 k]; two's complement wraps like u64
-        if words.size:
-            self.sum = (self.sum + int(torch.from_numpy(words).sum())) & _MASK
+        self.sum = (self.sum + word_sum(piece)) & U64  # piece: uint8 [8 k]
 
 
 def _bytes_of(t: torch.Tensor) -> np.ndarray:

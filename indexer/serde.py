@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from blend.cacheblend import ChunkKV
+from blend.checksum import U64, word_sum
 from indexer.keys import ChunkKey
 
 # Entries decoded from `bytes` are read-only buffers; nothing writes into stored KV (consumers copy it into
@@ -36,7 +37,6 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 MAGIC = b"KVB3"
 _FIXED = struct.Struct("<4sIQ")  # magic, header_len, sum64
 _ALIGN = 16
-_U64 = (1 << 64) - 1
 
 
 class CorruptEntry(ValueError):
@@ -45,14 +45,6 @@ class CorruptEntry(ValueError):
 
 def _pad(n: int, align: int) -> int:
     return -n % align
-
-
-def _check(words: np.ndarray) -> int:
-    """The wrapping sum (mod 2**64) of `words: [n]` little-endian u64. Summed as int64 by torch, whose
-    reduction runs on all its threads: on a freshly mapped file the pass is bound by faulting pages in,
-    and two threads fault twice as fast. Two's-complement wrapping makes the result the unsigned sum
-    (tests compare it with numpy's uint64 sum on overflowing data)."""
-    return int(torch.from_numpy(words.view(np.int64)).sum()) & _U64
 
 
 def encode(key: ChunkKey, kv: ChunkKV) -> bytearray:
@@ -91,10 +83,8 @@ def encode_parts(key: ChunkKey, kv: ChunkKV) -> list:
         parts = [first, k_bytes, v_bytes]
     else:  # k and v rows of an odd size: one joined, padded piece keeps every piece 8-aligned
         parts = [first, np.concatenate([k_bytes, v_bytes, np.zeros(_pad(2 * kv_bytes, 8), np.uint8)])]
-    check = _check(np.frombuffer(first, dtype="<u8", offset=_FIXED.size))
-    for part in parts[1:]:
-        check += _check(np.frombuffer(part, dtype="<u8"))
-    _FIXED.pack_into(first, 0, MAGIC, len(hb), check & _U64)
+    check = sum(word_sum(part) for part in [memoryview(first)[_FIXED.size :], *parts[1:]])
+    _FIXED.pack_into(first, 0, MAGIC, len(hb), check & U64)
     return parts
 
 
@@ -110,7 +100,7 @@ def decode(buf, key: ChunkKey | None = None, shape: tuple[int, int, int] | None 
     start = _FIXED.size + hlen + _pad(_FIXED.size + hlen, _ALIGN)
     if start > len(mv):
         raise CorruptEntry(f"header of {hlen} bytes in an entry of {len(mv)}")
-    if _check(np.frombuffer(mv, dtype="<u8", offset=_FIXED.size)) != s:
+    if word_sum(mv[_FIXED.size :]) != s:
         raise CorruptEntry("checksum mismatch")
     try:
         head = msgpack.unpackb(mv[_FIXED.size : _FIXED.size + hlen])

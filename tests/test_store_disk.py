@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from blend.cacheblend import ChunkKV
+from blend.checksum import word_sum
 from indexer import serde
 from indexer.keys import ChunkKey, chunk_key
 from indexer.store_disk import DiskStore
@@ -127,7 +128,7 @@ def test_check_is_the_unsigned_wrapping_sum(threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        assert serde._check(words) == int(words.sum(dtype=np.uint64)) == sum(words.tolist()) % 2**64
+        assert word_sum(words) == int(words.sum(dtype=np.uint64)) == sum(words.tolist()) % 2**64
     finally:
         torch.set_num_threads(before)
 
