@@ -45,7 +45,8 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """`encode` of each text, in one call (the Rust side spreads the texts over its threads)."""
-        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+        batch = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)  # no offsets (tokenizers >= 0.21)
+        return [e.ids for e in batch(texts, add_special_tokens=False)]
 
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special)

@@ -20,6 +20,8 @@ import hashlib
 import logging
 import re
 
+import numpy as np
+
 from blend.tokenizer import FILE_SEP, Tokenizer
 from indexer.keys import ChunkKey, chunk_key
 
@@ -86,10 +88,12 @@ class Chunker:
         self._unit_tokens: dict[tuple[int, int], int] = {}  # (first, end line) -> tokens, of the file being split
 
     def make(self, path: str, kind: str, body: str, start_line: int, end_line: int) -> Chunk:
-        text = header(path) + body
-        tokens = tuple(self.tok.encode(text))
+        return self._chunk(path, kind, body, start_line, end_line, tuple(self.tok.encode(header(path) + body)))
+
+    def _chunk(self, path: str, kind: str, body: str, start_line: int, end_line: int, tokens: tuple) -> Chunk:
+        """The chunk of `body`, whose rendered text (header + body) tokenizes to `tokens`."""
         key = chunk_key(self.fingerprint, tokens, self.prefix)
-        return Chunk(path, kind, start_line, end_line, text, tokens, key, text_hash(body))
+        return Chunk(path, kind, start_line, end_line, header(path) + body, tokens, key, text_hash(body))
 
     def chunk_file(self, path: str, text: str) -> list[Chunk]:
         """All chunks of one file, in file order; [] for an empty or all-blank file."""
@@ -110,9 +114,9 @@ class Chunker:
         budget = self.max_tokens - len(self.tok.encode(header(path)))
         if budget < 8:
             raise ValueError(f"path {path!r} leaves no room in a {self.max_tokens}-token chunk")
-        spans = self._merge_small(lines, spans, budget)
-        chunks = []
-        pieces = [p for a, b in spans for p in self._split(lines, a, b, budget)]
+        counts = self._line_counts(lines)
+        spans = self._merge_small(counts, spans, budget)
+        pieces = [p for a, b in spans for p in self._split(lines, counts, a, b, budget)]
         merged: list[tuple[int, int]] = []
         for s, e in pieces:  # blank-only pieces join the next piece (the last one: the previous)
             if merged and not "".join(lines[merged[-1][0] : merged[-1][1]]).strip():
@@ -121,22 +125,30 @@ class Chunker:
         if len(merged) > 1 and not "".join(lines[merged[-1][0] : merged[-1][1]]).strip():
             s, e = merged.pop()
             merged[-1] = (merged[-1][0], e)
-        for s, e in merged:
-            chunks.append(self._fit(path, kind, "".join(lines[s:e]), s + 1, e))
-        return [c for group in chunks for c in group]
+        bodies = ["".join(lines[s:e]) for s, e in merged]
+        ids = self.tok.encode_batch([header(path) + body for body in bodies])  # every chunk, tokenized on its own
+        chunks = []
+        for (s, e), body, tokens in zip(merged, bodies, ids, strict=True):
+            if len(tokens) <= self.max_tokens:
+                chunks.append(self._chunk(path, kind, body, s + 1, e, tuple(tokens)))
+            else:
+                chunks += self._fit(path, kind, body, s + 1, e)
+        return chunks
 
     # -- packing -------------------------------------------------------------------------------
 
-    def _count(self, text: str) -> int:
-        return len(self.tok.encode(text))
+    def _line_counts(self, lines: list[str]) -> np.ndarray:
+        """Tokens of each line, every line tokenized on its own, all in one batch. Sums over lines are the packing
+        estimates (BPE is nearly additive at line breaks; `_fit` catches the rare excess), and an edit changes
+        the counts of the lines it touches only."""
+        return np.array([len(ids) for ids in self.tok.encode_batch(lines)], dtype=np.int64)
 
-    def _merge_small(self, lines: list[str], spans: list[tuple[int, int]], budget: int) -> list[tuple[int, int]]:
-        """Join units under min_tokens to the next one. Counts are per unit, summed for joins (BPE is nearly
-        additive at line breaks; `_fit` catches the rare excess)."""
-        counts = [len(ids) for ids in self.tok.encode_batch(["".join(lines[a:b]) for a, b in spans])]
+    def _merge_small(self, counts: np.ndarray, spans: list[tuple[int, int]], budget: int) -> list[tuple[int, int]]:
+        """Join units under min_tokens to the next one (as long as the join fits the budget)."""
         out: list[tuple[int, int, int]] = []
         carry: tuple[int, int, int] | None = None
-        for (a, b), n in zip(spans, counts, strict=True):
+        for a, b in spans:
+            n = int(counts[a:b].sum())
             if carry is not None:
                 if carry[2] + n <= budget:
                     a, n = carry[0], carry[2] + n
@@ -155,18 +167,18 @@ class Chunker:
         self._unit_tokens = {(a, b): n for a, b, n in out}
         return [(a, b) for a, b, _ in out]
 
-    def _split(self, lines: list[str], a: int, b: int, budget: int) -> list[tuple[int, int]]:
+    def _split(self, lines: list[str], counts: np.ndarray, a: int, b: int, budget: int) -> list[tuple[int, int]]:
         """Split lines[a:b] into spans of at most ~budget tokens, preferring to cut after a blank line."""
         if self._unit_tokens.get((a, b), budget + 1) <= budget:
             return [(a, b)]
         out, start, used, last_blank = [], a, 0, None
         for i in range(a, b):
-            n = self._count(lines[i])
+            n = int(counts[i])
             if used + n > budget and i > start:
                 cut = last_blank + 1 if last_blank is not None and last_blank + 1 - start > (i - start) // 2 else i
                 out.append((start, cut))
                 start, last_blank = cut, None
-                used = self._count("".join(lines[start:i]))
+                used = int(counts[start:i].sum())
             used += n
             if not lines[i].strip():
                 last_blank = i
