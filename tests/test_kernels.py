@@ -237,6 +237,29 @@ def test_selective_attention_torch_blocks(window, dtype):
     torch.testing.assert_close(out, sa.selective_attention_ref(q, k, v, q_pos, kv_pos, scale, window), **tol(dtype))
 
 
+@pytest.mark.parametrize("n_prefix", [0, 1, 21])
+@pytest.mark.parametrize("heads", [(4, 2), (3, 3)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_selective_attention_torch_run_of_the_last_keys(n_prefix, heads, dtype):
+    """Queries that are the last keys' own tokens in order (chunked prefill): the two-call causal path."""
+    n_q = 37
+    q, k, v, _, _, scale = attn_inputs(heads[0], heads[1], 24, n_q, n_prefix + n_q, dtype=dtype)
+    kv_pos = torch.arange(n_prefix + n_q) + 5
+    q_pos = kv_pos[n_prefix:].clone()
+    assert sa._run_start(q_pos, kv_pos) == n_prefix
+    out = sa.selective_attention_torch(q, k, v, q_pos, kv_pos, scale, block=4)
+    torch.testing.assert_close(out, sa.selective_attention_ref(q, k, v, q_pos, kv_pos, scale), **tol(dtype))
+
+
+def test_run_start_only_for_in_order_runs_of_the_last_keys():
+    kv_pos = torch.arange(10)
+    assert sa._run_start(torch.tensor([7, 8, 9]), kv_pos) == 7
+    assert sa._run_start(torch.tensor([6, 7, 8]), kv_pos) is None  # not the last keys
+    assert sa._run_start(torch.tensor([9, 8, 7]), torch.tensor([0, 1, 2, 3, 4, 5, 6, 9, 8, 7])) is None  # order
+    assert sa._run_start(torch.tensor([3, 5, 9]), torch.tensor([3, 5, 9])) is None  # gaps: not causal-square
+    assert sa._run_start(torch.arange(11), kv_pos) is None  # more queries than keys
+
+
 def test_block_key_ranges_cover_exactly_the_visible_keys():
     kv_pos = torch.arange(20) * 3  # 0, 3, ..., 57
     q_pos = torch.tensor([50, 4, 30, 9, 7])

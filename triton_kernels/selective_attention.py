@@ -234,6 +234,11 @@ def selective_attention_torch(
     n_kv_heads = k.shape[0]
     if n_q == 0 or not bool((kv_pos[1:] >= kv_pos[:-1]).all()):
         return selective_attention_ref(q, k, v, q_pos, kv_pos, scale, window)
+    fast_cpu = window is None and _HAS_CPU_FLASH_LSE and q.device.type == "cpu"
+    if fast_cpu and n_q >= block:
+        split = _run_start(q_pos, kv_pos)
+        if split is not None:
+            return _causal_run(q, k, v, scale, split)
     order, kv_lo, kv_hi = _block_key_ranges(q_pos, kv_pos, window, block)
     pos = q_pos[order]  # [n_q] non-decreasing
     q_sorted = q[:, order]  # [n_q_heads, n_q, head_dim]
@@ -242,7 +247,7 @@ def selective_attention_torch(
     # an unmasked call (the fast kernel path), only the short tail up to the block's last position a mask.
     # split: the last key at or before the block's first position, which every query of the block sees.
     splits = None
-    if window is None and _HAS_CPU_FLASH_LSE and q.device.type == "cpu":
+    if fast_cpu:
         splits = (torch.searchsorted(kv_pos, pos[::block].contiguous(), right=True) - 1).clamp_(min=0).tolist()
     for b, (lo, hi) in enumerate(zip(kv_lo.tolist(), kv_hi.tolist(), strict=True)):
         s, e = b * block, min((b + 1) * block, n_q)
@@ -270,6 +275,32 @@ def selective_attention_torch(
 
 
 _HAS_CPU_FLASH_LSE = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+
+
+def _run_start(q_pos: torch.Tensor, kv_pos: torch.Tensor) -> int | None:
+    """The key row where the queries' own keys start, when the queries are a run of consecutive positions, in
+    order, whose keys are the key rows from there on, each at the same position (a chunked prefill, or a
+    prompt prefilled behind reused KV); else None. kv_pos is sorted (the caller checked)."""
+    n_q, n_kv = q_pos.shape[0], kv_pos.shape[0]
+    if n_q > n_kv or not torch.equal(q_pos, kv_pos[n_kv - n_q :]):
+        return None
+    if n_q > 1 and not bool((q_pos[1:] - q_pos[:-1] == 1).all()):
+        return None
+    return n_kv - n_q
+
+
+def _causal_run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, split: int) -> torch.Tensor:
+    """Queries that are the last keys' own tokens, in order: keys [0, split) unmasked for all of them, the square
+    [split, n_kv) top-left causal (the flash kernel's own mask, no mask tensor), merged by log-sum-exps.
+    q: [n_q_heads, n_q, head_dim]; k, v: [n_kv_heads, split + n_q, head_dim] -> [n_q_heads, n_q, head_dim].
+    The CPU flash kernel maps query head h to kv head h // group itself (GQA without a k/v copy)."""
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    out, lse = op(q[None], k[None, :, split:], v[None, :, split:], 0.0, True, scale=scale)
+    if split > 0:
+        out_a, lse_a = op(q[None], k[None, :, :split], v[None, :, :split], 0.0, False, scale=scale)
+        total = torch.logaddexp(lse_a, lse)  # [1, n_q_heads, n_q]
+        out = out_a.float() * (lse_a - total).exp()[..., None] + out.float() * (lse - total).exp()[..., None]
+    return out[0].to(q.dtype)
 
 
 def _split_block(
