@@ -94,7 +94,8 @@ def precompute_chunk(
     cache = prefix.clone() if prefix is not None else model.new_cache(tokens.shape[0])
     start = cache.n
     offset = cache.next_position if offset is None else offset
-    model.prefill(tokens, cache, positions=torch.arange(offset, offset + tokens.shape[0], device=tokens.device))
+    positions = torch.arange(offset, offset + tokens.shape[0], device=tokens.device)
+    model.prefill(tokens, cache, positions=positions, kv_only=True)  # no logits: the last layer's K/V are all it needs
     dtype = dtype or cache.k.dtype
     k, v = (t[:, :, start:].to(dtype, copy=True) for t in (cache.k, cache.v))  # [n_layers, n_kv_heads, n, head_dim]
     return ChunkKV(tokens, k, v, cache.positions[start:].clone())

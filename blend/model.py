@@ -234,10 +234,13 @@ class Transformer(nn.Module):
         cache: KVCache,
         positions: torch.Tensor | None = None,
         all_logits: bool = False,
-    ) -> torch.Tensor:
+        kv_only: bool = False,
+    ) -> torch.Tensor | None:
         """Append `tokens: [T]` at `positions: [T]` (default: right after the cache) to `cache`.
 
-        Returns the logits of the last token [vocab] or, with `all_logits`, of every token [T, vocab].
+        Returns the logits of the last token [vocab] or, with `all_logits`, of every token [T, vocab]. With
+        `kv_only`, returns None and skips what only the logits need: the last layer's attention and MLP (the
+        cached K/V are the same bits; precomputing a chunk's KV does 1/n_layers less work).
         """
         T = tokens.shape[0]
         if T == 0:
@@ -249,8 +252,16 @@ class Transformer(nn.Module):
         cache.set_positions(slots, positions)
         rope, masks = self.step_plan(positions, cache, slots)
         h = self.embed(tokens)
-        for i in range(self.cfg.n_layers):
+        last = self.cfg.n_layers - 1
+        for i in range(last):
             h = self.layer_step(i, h, positions, cache, slots, rope, masks[i])
+        if kv_only:
+            _, k, v = self.layer_qkv(last, h, rope)
+            k_store, v_store = cache.layer(last)
+            k_store[:, slots] = k
+            v_store[:, slots] = v
+            return None
+        h = self.layer_step(last, h, positions, cache, slots, rope, masks[last])
         return self.logits(h) if all_logits else self.logits(h[-1:])[0]
 
     def decode(self, token: int, cache: KVCache) -> torch.Tensor:

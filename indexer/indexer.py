@@ -54,6 +54,8 @@ class IndexStats:
     skipped: dict[str, int]
     computed: int  # chunks precomputed by this run (the others were already in the store)
     reused: int
+    engine_seconds: float  # of `seconds`, the time spent running the model on chunks (the rest: walking,
+    # chunking, storing)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -88,6 +90,7 @@ class Indexer:
         self.open_paths: set[str] = set()
         self.recent: collections.OrderedDict[str, None] = collections.OrderedDict()  # most recent last
         self.computed = 0  # chunks run through the engine by this indexer
+        self.engine_seconds = 0.0  # time spent in the engine by this indexer
         self.generation = 0  # bumped whenever the set of chunks changes (retrieval caches key on it)
         self._hashes: dict[str, str] = {}  # path -> text hash of the version indexed
         self._lock = threading.RLock()
@@ -96,7 +99,9 @@ class Indexer:
     # -- computing ---------------------------------------------------------------------------
 
     def _compute(self, chunk: Chunk) -> ChunkKV:
+        t0 = time.perf_counter()
         kv = self.engine(chunk.tokens)  # fp16 (the stored precision) on the model's device
+        self.engine_seconds += time.perf_counter() - t0
         self.store.put(chunk.key, kv)
         self.computed += 1
         return kv
@@ -221,7 +226,7 @@ class Indexer:
 
     def index(self) -> IndexStats:
         """Walk the whole workspace and the git history; compute every chunk missing from the store."""
-        t0, computed0 = time.perf_counter(), self.computed
+        t0, computed0, engine0 = time.perf_counter(), self.computed, self.engine_seconds
         with self._lock:
             result = UpdateResult()
             self._update_one("", result)
@@ -244,6 +249,7 @@ class Indexer:
             skipped=dict(sorted(self.skipped.items())),
             computed=computed,
             reused=len({c.key for c in chunks}) - computed,
+            engine_seconds=round(self.engine_seconds - engine0, 4),
         )
 
     # -- queries -----------------------------------------------------------------------------

@@ -30,6 +30,19 @@ def _greedy_from(model, result, n=16):
     return out
 
 
+@pytest.mark.parametrize("name", ["llama-gqa", "mistral-window"])
+def test_precompute_skips_the_last_layers_attention_and_mlp_yet_keeps_the_same_kv(models, name, monkeypatch):
+    model = models[name]
+    toks = _prompt(40, seed=5)
+    cache = model.new_cache(40)
+    model.prefill(toks, cache)  # the full forward, logits and all
+    finished, finish = [], model.layer_finish
+    monkeypatch.setattr(model, "layer_finish", lambda i, *a, **k: finished.append(i) or finish(i, *a, **k))
+    kv = precompute_chunk(model, toks, offset=0)
+    assert finished == list(range(model.cfg.n_layers - 1))  # no attention or MLP in the last layer
+    assert torch.equal(kv.k, cache.k) and torch.equal(kv.v, cache.v)  # the very same bits
+
+
 @pytest.mark.parametrize("name", ["llama-gqa", "qwen2", "mistral-window", "llama-mqa-tied-llama3", "llama-hd24-linear"])
 def test_ratio_one_reproduces_full_prefill(models, name):
     model = models[name]
