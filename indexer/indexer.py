@@ -98,11 +98,19 @@ class Indexer:
 
     # -- computing ---------------------------------------------------------------------------
 
-    def _compute(self, chunk: Chunk) -> ChunkKV:
+    def _compute(self, chunk: Chunk, hot: bool | None = None) -> ChunkKV:
+        """Run the engine on `chunk` and store its KV. Chunks of open and recently edited files (and any chunk a
+        request is waiting for: `hot`) go to every tier; the rest of a background index skips the memory tier,
+        so that indexing a repository does not evict the open files' chunks (a later read promotes them)."""
         t0 = time.perf_counter()
         kv = self.engine(chunk.tokens)  # fp16 (the stored precision) on the model's device
         self.engine_seconds += time.perf_counter() - t0
-        self.store.put(chunk.key, kv)
+        if hot is None:
+            hot = self._priority(chunk) <= Priority.RECENT
+        if hot or not isinstance(self.store, TieredStore):
+            self.store.put(chunk.key, kv)
+        else:
+            self.store.put_cold(chunk.key, kv)
         self.computed += 1
         return kv
 
@@ -112,7 +120,7 @@ class Indexer:
         if kv is not None and len(kv) == chunk.n_tokens:
             return kv
         self.queue.discard({chunk.key})
-        kv = self._compute(chunk)
+        kv = self._compute(chunk, hot=True)
         dtype = self.lm.model.dtype
         return ChunkKV(kv.tokens, kv.k.to(dtype), kv.v.to(dtype), kv.positions)
 

@@ -122,6 +122,13 @@ class TieredStore(KVStore):
         for t in self.tiers:
             t.put(key, kv)
 
+    def put_cold(self, key: ChunkKey, kv: ChunkKV) -> None:
+        """Write to every tier but memory (to memory as well when it is the only tier): for chunks nobody is
+        reading now, which a later `get` promotes."""
+        below = [t for t in self.tiers if t.name != "memory"]
+        for t in below or self.tiers:
+            t.put(key, kv)
+
     def contains(self, key: ChunkKey) -> bool:
         return any(t.contains(key) for t in self.tiers)
 

@@ -13,6 +13,8 @@ from blend.loader import load_model
 from indexer import Indexer, IndexerConfig
 from indexer.keys import ChunkKey
 from indexer.serde import decode
+from indexer.store import TieredStore
+from indexer.store_memory import MemoryStore
 
 torch.set_num_threads(1)
 
@@ -298,6 +300,21 @@ def test_background_queue_orders_open_files_first(repo, lm):
         assert idx.store.contains(idx.files["pkg/__init__.py"][0].key)
     finally:
         idx.close()
+
+
+def test_background_chunks_skip_the_memory_tier_until_read(repo, lm):
+    """Indexing the rest of a repository must not evict the open files' chunks from memory."""
+    idx = Indexer(_cfg(repo), lm)
+    idx.set_open([repo / "src/app.js"])
+    idx.index()
+    memory, disk = idx.store.tier("memory"), idx.store.tier("disk")
+    hot, cold = idx.files["src/app.js"][0].key, idx.files["pkg/geometry.py"][0].key
+    assert memory.contains(hot) and disk.contains(hot)
+    assert not memory.contains(cold) and disk.contains(cold)
+    assert idx.store.get(cold) is not None and memory.contains(cold)  # a read promotes it
+    only_memory = Indexer(_cfg(repo, cache_dir=repo.parent / "mem"), lm, store=TieredStore([MemoryStore(1 << 30)]))
+    only_memory.index()
+    assert only_memory.store.contains(cold)  # the only tier: nothing is dropped
 
 
 def test_watchdog_observer_drives_update(repo, lm):
