@@ -120,3 +120,16 @@ def test_completer_on_an_external_engine_matches_its_own_run(lm):
     assert engine.seen.mode == "full" and engine.seen.max_tokens >= 1
     assert via.text == own.text and via.kv_path == "full"
     assert "ttft" in via.timings_ms
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rms_norm_is_the_hugging_face_formula_bit_for_bit(dtype):
+    from blend.model import RMSNorm
+
+    norm = RMSNorm(48, 1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(48))
+    x = torch.randn(7, 48).to(dtype) * 3
+    xf = x.float()
+    expected = norm.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype)
+    assert torch.equal(norm(x), expected)
