@@ -16,3 +16,8 @@ def word_sum(buf) -> int:
     result the unsigned sum (tests compare it with numpy's uint64 sum on overflowing data)."""
     words = np.frombuffer(buf, dtype="<i8")
     return int(torch.from_numpy(words).sum()) & U64 if words.size else 0
+
+
+def pad(n: int, align: int) -> int:
+    """Bytes to add after `n` to reach a multiple of `align` (entries keep every piece 8-byte aligned)."""
+    return -n % align

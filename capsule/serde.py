@@ -31,7 +31,7 @@ import msgpack
 import numpy as np
 import torch
 
-from blend.checksum import U64, word_sum
+from blend.checksum import U64, pad, word_sum
 from capsule.capsule import FORMAT_VERSION, Capsule, CapsuleError
 from capsule.config import SPARE_TOKENS
 from capsule.cow import SharedBuffer
@@ -47,10 +47,6 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 class CapsuleFormatError(CapsuleError):
     """A capsule file failed verification (truncated, bit-flipped, unknown version or dtype)."""
-
-
-def _pad(n: int, align: int) -> int:
-    return -n % align
 
 
 class _Check:
@@ -114,11 +110,11 @@ def write(capsule: Capsule, path: Path, fsync: bool = False) -> int:
         size = sum(p.nbytes for p in sec)
         # Every piece but a section's last is 8-aligned in length (_kv_pieces guarantees it for KV rows).
         body.extend(sec)
-        if _pad(size, 8):
-            body.append(zeros[: _pad(size, 8)])
+        if pad(size, 8):
+            body.append(zeros[: pad(size, 8)])
     head["len"] = sum(p.nbytes for p in body)
     hb = msgpack.packb(head)
-    head_block = np.zeros(len(hb) + _pad(_FIXED.size + len(hb), _ALIGN), dtype=np.uint8)
+    head_block = np.zeros(len(hb) + pad(_FIXED.size + len(hb), _ALIGN), dtype=np.uint8)
     head_block[: len(hb)] = np.frombuffer(hb, dtype=np.uint8)
     check = _Check()
     pending = b""
@@ -155,7 +151,7 @@ def _read_head(f, size: int) -> tuple[dict, bytes, int, int]:
     magic, hlen, s, _reserved = _FIXED.unpack(fixed)
     if magic != MAGIC:
         raise CapsuleFormatError(f"not a capsule file (magic {magic!r})")
-    start = _FIXED.size + hlen + _pad(_FIXED.size + hlen, _ALIGN)
+    start = _FIXED.size + hlen + pad(_FIXED.size + hlen, _ALIGN)
     if start > size:
         raise CapsuleFormatError(f"header of {hlen} bytes in a file of {size}")
     block = f.read(start - _FIXED.size)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from blend.cacheblend import ChunkKV
-from blend.checksum import U64, word_sum
+from blend.checksum import U64, pad, word_sum
 from indexer.keys import ChunkKey
 
 # Entries decoded from `bytes` are read-only buffers; nothing writes into stored KV (consumers copy it into
@@ -41,10 +41,6 @@ _ALIGN = 16
 
 class CorruptEntry(ValueError):
     """A stored entry failed verification (truncated, bit-flipped, another key or another shape)."""
-
-
-def _pad(n: int, align: int) -> int:
-    return -n % align
 
 
 def encode(key: ChunkKey, kv: ChunkKV) -> bytearray:
@@ -70,11 +66,11 @@ def encode_parts(key: ChunkKey, kv: ChunkKV) -> list:
     p0 = int(pos[0]) if n else 0
     head: dict = {"key": key.to_str(), "n": n, "shape": [L, H, D], "tok": tok}
     head.update({"pos0": p0} if torch.equal(pos, torch.arange(p0, p0 + n)) else {"pos": pos.tolist()})
-    tok_bytes = ids.nbytes + _pad(ids.nbytes, 8)
+    tok_bytes = ids.nbytes + pad(ids.nbytes, 8)
     kv_bytes = k16.numel() * 2
-    head["len"] = tok_bytes + 2 * kv_bytes + _pad(2 * kv_bytes, 8)
+    head["len"] = tok_bytes + 2 * kv_bytes + pad(2 * kv_bytes, 8)
     hb = msgpack.packb(head)
-    start = _FIXED.size + len(hb) + _pad(_FIXED.size + len(hb), _ALIGN)
+    start = _FIXED.size + len(hb) + pad(_FIXED.size + len(hb), _ALIGN)
     first = bytearray(start + tok_bytes)  # fixed header (packed last), msgpack header, pad, ids, pad
     first[_FIXED.size : _FIXED.size + len(hb)] = hb
     first[start : start + ids.nbytes] = ids.tobytes()
@@ -82,7 +78,7 @@ def encode_parts(key: ChunkKey, kv: ChunkKV) -> list:
     if kv_bytes % 8 == 0:
         parts = [first, k_bytes, v_bytes]
     else:  # k and v rows of an odd size: one joined, padded piece keeps every piece 8-aligned
-        parts = [first, np.concatenate([k_bytes, v_bytes, np.zeros(_pad(2 * kv_bytes, 8), np.uint8)])]
+        parts = [first, np.concatenate([k_bytes, v_bytes, np.zeros(pad(2 * kv_bytes, 8), np.uint8)])]
     check = sum(word_sum(part) for part in [memoryview(first)[_FIXED.size :], *parts[1:]])
     _FIXED.pack_into(first, 0, MAGIC, len(hb), check & U64)
     return parts
@@ -97,7 +93,7 @@ def decode(buf, key: ChunkKey | None = None, shape: tuple[int, int, int] | None 
     magic, hlen, s = _FIXED.unpack_from(mv)
     if magic != MAGIC:
         raise CorruptEntry(f"bad magic {magic!r}")
-    start = _FIXED.size + hlen + _pad(_FIXED.size + hlen, _ALIGN)
+    start = _FIXED.size + hlen + pad(_FIXED.size + hlen, _ALIGN)
     if start > len(mv):
         raise CorruptEntry(f"header of {hlen} bytes in an entry of {len(mv)}")
     if word_sum(mv[_FIXED.size :]) != s:
@@ -114,9 +110,9 @@ def decode(buf, key: ChunkKey | None = None, shape: tuple[int, int, int] | None 
     if shape is not None and (L, H, D) != tuple(shape):
         raise CorruptEntry(f"entry has shape {(L, H, D)}, the model {tuple(shape)}")
     itemsize = 2 if tok == "u2" else 4
-    tok_bytes = n * itemsize + _pad(n * itemsize, 8)
+    tok_bytes = n * itemsize + pad(n * itemsize, 8)
     kv_elems = L * H * n * D
-    if length != tok_bytes + 4 * kv_elems + _pad(4 * kv_elems, 8):
+    if length != tok_bytes + 4 * kv_elems + pad(4 * kv_elems, 8):
         raise CorruptEntry(f"payload of {length} bytes does not fit shape {(L, H, n, D)}")
     ids = np.frombuffer(mv, dtype="<u2" if tok == "u2" else "<i4", count=n, offset=start)
     tokens = torch.from_numpy(ids.astype(np.int64))
@@ -144,7 +140,7 @@ def declared_size(prefix) -> int:
         length = int(msgpack.unpackb(mv[_FIXED.size : _FIXED.size + hlen])["len"])
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
         raise CorruptEntry(f"unreadable header: {e}") from None
-    return _FIXED.size + hlen + _pad(_FIXED.size + hlen, _ALIGN) + length
+    return _FIXED.size + hlen + pad(_FIXED.size + hlen, _ALIGN) + length
 
 
 def entry_nbytes(n_tokens: int, n_layers: int, n_kv_heads: int, head_dim: int) -> int:

@@ -112,26 +112,28 @@ def write_plots(out: Path, modes: dict[str, dict], records: list[dict]) -> list[
         if m["recompute_ratio"] is None:  # prefix, none, capsule: no ratio; shown as a dashed agreement level
             ax.axhline(m["agreement_with_full"], ls="--", lw=0.8, color="grey")
             ax.annotate(f"{label} agreement", (0.0, m["agreement_with_full"]), fontsize=7, color="grey")
-    ax.set_xlabel("recompute ratio (naive = 0, full = 1)")
-    ax.set_ylabel("score")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("quality vs recompute ratio")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / "quality_vs_ratio.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    labels = ("recompute ratio (naive = 0, full = 1)", "score", "quality vs recompute ratio")
+    paths.append(_save(fig, ax, out / "quality_vs_ratio.png", *labels))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for label in modes:
         rows = [r for r in records if r["mode"] == label]
         ax.scatter([r["prompt_tokens"] for r in rows], [r["ttft_ms"] for r in rows], s=12, label=label)
-    ax.set_xlabel("prompt tokens (context chunks + local prompt)")
-    ax.set_ylabel("TTFT ms")
-    ax.set_title("time to first token vs context length")
+    labels = ("prompt tokens (context chunks + local prompt)", "TTFT ms", "time to first token vs context length")
+    paths.append(_save(fig, ax, out / "ttft_vs_context.png", *labels))
+    return paths
+
+
+def _save(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Label, title and legend the axes, write `path` and close the figure."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    paths.append(out / "ttft_vs_context.png")
-    fig.savefig(paths[-1], dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return paths
+    return path
