@@ -91,7 +91,7 @@ def precompute_chunk(
 ) -> ChunkKV:
     """Prefill `tokens: [n]` on its own (optionally behind a shared `prefix`) and keep only its own KV, in
     `dtype` (default: the model's; the store's fp16 is taken in the same single copy out of the cache)."""
-    cache = prefix.clone() if prefix is not None else model.new_cache(tokens.shape[0])
+    cache = prefix.clone() if prefix is not None else model.new_cache(tokens.shape[0], zeroed=False)  # all written
     start = cache.n
     offset = cache.next_position if offset is None else offset
     positions = torch.arange(offset, offset + tokens.shape[0], device=tokens.device)
@@ -152,7 +152,7 @@ def blend(
     total = n_ctx + n_prompt
     tokens = torch.cat([c.tokens.to(dev) for c in chunks] + [prompt.to(dev)])  # [total]
     positions = torch.arange(total, device=dev)
-    cache = model.new_cache(total + extra_capacity)
+    cache = model.new_cache(total + extra_capacity, zeroed=False)  # every layer writes every slot of `total`
     cache.set_positions(cache.reserve(total), positions)
     (cos, sin), masks = model.step_plan(positions, cache, slice(0, total))  # cos, sin: [total, head_dim]
     move = _moves(model, chunks, bounds, cache)
@@ -235,7 +235,7 @@ def full_prefill(model: Transformer, chunks: list[ChunkKV], prompt: torch.Tensor
     """Baseline: prefill the identical token sequence from scratch."""
     t0 = time.perf_counter()
     tokens = torch.cat([c.tokens.to(model.device) for c in chunks] + [prompt.to(model.device)])
-    cache = model.new_cache(tokens.shape[0] + extra_capacity)
+    cache = model.new_cache(tokens.shape[0] + extra_capacity, zeroed=False)  # the prefill writes every slot
     logits = model.prefill(tokens, cache)
     return BlendResult(logits, cache, torch.arange(tokens.shape[0]), {"total_s": time.perf_counter() - t0})
 

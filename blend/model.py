@@ -119,9 +119,9 @@ class Transformer(nn.Module):
     def device(self) -> torch.device:
         return self.embed_tokens.weight.device
 
-    def new_cache(self, capacity: int = 256) -> KVCache:
+    def new_cache(self, capacity: int = 256, zeroed: bool = True) -> KVCache:
         c = self.cfg
-        return KVCache(c.n_layers, c.n_kv_heads, c.head_dim, capacity, self.dtype, self.device)
+        return KVCache(c.n_layers, c.n_kv_heads, c.head_dim, capacity, self.dtype, self.device, zeroed)
 
     def rope_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin: [T, head_dim] for `positions: [T]`."""

@@ -1,6 +1,6 @@
 """The disk tier: one file per chunk, written atomically, verified on load, read through a memory map.
 
-Layout: <dir>/<fingerprint>/<2 hex>/<token hash>.kv in the format of `indexer.serde`. A write goes to a
+Layout: <dir>/<fingerprint>/<1 hex>/<token hash>.kv in the format of `indexer.serde`. A write goes to a
 temporary file in the same directory and is renamed over the final name, so a process killed mid-write
 leaves a stray `*.tmp` (cleaned up later) and never a half-written entry; an entry damaged anyway
 (truncated, bit-flipped: the checksum covers every byte after it) is deleted on load and reported as a miss.
