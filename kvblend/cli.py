@@ -305,7 +305,8 @@ def _index(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     out = stats.to_dict()
-    keys = ("files", "chunks", "tokens", "bytes", "seconds", "tokens_per_s", "skipped", "computed", "reused")
+    keys = ("files", "chunks", "tokens", "bytes", "seconds", "tokens_per_s", "skipped", "computed", "reused",
+            "engine_seconds")  # fmt: skip
     return _print({k: out[k] for k in keys}, args.json)
 
 

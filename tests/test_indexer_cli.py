@@ -28,6 +28,7 @@ def test_index_json_contract_and_incremental_rerun(hf_checkpoints, tmp_path):
     assert not any(s in r.stdout + r.stderr for s in SECRETS)
     again = json.loads(_run("index", str(tmp_path / "ws"), "--model", ckpt, "--json").stdout)
     assert again["computed"] == 0 and again["bytes"] == out["bytes"] and again["chunks"] == out["chunks"]
+    assert 0 < out["engine_seconds"] <= out["seconds"] and again["engine_seconds"] == 0  # nothing computed again
     bad = _run("index", str(tmp_path / "missing"), "--model", ckpt, "--json")
     assert bad.returncode == 1 and "not a directory" in bad.stderr
 
@@ -40,5 +41,7 @@ def test_bench_index_json_contract(hf_checkpoints, tmp_path):
     out = json.loads(r.stdout)
     for key in ("index_tok_s", "prefill_tok_s", "disk_load_gb_s", "plain_read_gb_s", "bytes_per_token"):
         assert out[key] > 0, key
+    assert len(out["index_overhead_pairs"]) == 1 and out["index_overhead"] == out["index_overhead_pairs"][0]
+    assert out["index_overhead_in_run"] > 0  # walking, chunking and writing take some time
     assert out["kv_bytes_per_token"] == 2 * 3 * 2 * 16 * 2
     assert 1.0 < out["bytes_per_token_ratio"] < 1.05  # small fixture chunks: the ~120 B header weighs more
