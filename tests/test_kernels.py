@@ -241,27 +241,28 @@ def test_selective_attention_torch_blocks(window, dtype):
 @pytest.mark.parametrize("n_before", [0, 9])
 @pytest.mark.parametrize("heads", [(4, 2), (3, 3)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_selective_attention_torch_trailing_run(n_prefix, n_before, heads, dtype):
+def test_selective_attention_torch_causal_run(n_prefix, n_before, heads, dtype):
     """The queries are the last keys' own tokens in order (a prompt after reused KV, a chunked prefill): the
     two-call causal path; with other queries before them (any positions, any order): the blocks."""
     n_run = 37
     q, k, v, _, _, scale = attn_inputs(heads[0], heads[1], 24, n_before + n_run, n_prefix + n_run, dtype=dtype)
     kv_pos = torch.arange(n_prefix + n_run) * 2 + 5  # gapped: the run needs increasing positions, not consecutive
     q_pos = torch.cat([kv_pos[torch.randint(0, n_prefix + n_run, (n_before,))], kv_pos[n_prefix:]])
-    assert sa._trailing_run(q_pos, kv_pos) == n_run + int(n_before > 0 and q_pos[n_before - 1] == kv_pos[n_prefix - 1])
+    assert sa._is_causal_run(q_pos, kv_pos) == (n_before == 0)
     out = sa.selective_attention_torch(q, k, v, q_pos, kv_pos, scale, block=4)
     torch.testing.assert_close(out, sa.selective_attention_ref(q, k, v, q_pos, kv_pos, scale), **tol(dtype))
 
 
-def test_trailing_run_only_for_in_order_last_keys_at_increasing_positions():
+def test_causal_run_only_for_in_order_last_keys_at_increasing_positions():
     kv_pos = torch.arange(10)
-    assert sa._trailing_run(torch.tensor([7, 8, 9]), kv_pos) == 3
-    assert sa._trailing_run(torch.tensor([2, 0, 8, 9]), kv_pos) == 2  # the run is the queries' tail
-    assert sa._trailing_run(torch.tensor([6, 7, 8]), kv_pos) == 0  # not the last keys
-    assert sa._trailing_run(torch.tensor([9, 8]), kv_pos) == 0  # not in order
-    assert sa._trailing_run(torch.tensor([5, 5]), torch.tensor([0, 5, 5])) == 0  # a shared position: no square
-    assert sa._trailing_run(torch.tensor([5, 6]), torch.tensor([0, 5, 5, 6])) == 0  # an earlier key at 5 too
-    assert sa._trailing_run(torch.arange(12), kv_pos) == 0  # more queries than keys, none aligned
+    assert sa._is_causal_run(torch.tensor([7, 8, 9]), kv_pos)
+    assert sa._is_causal_run(torch.arange(10), kv_pos)  # the whole cache: a fresh prefill
+    assert not sa._is_causal_run(torch.tensor([2, 0, 8, 9]), kv_pos)  # a run after other queries: blocks
+    assert not sa._is_causal_run(torch.tensor([6, 7, 8]), kv_pos)  # not the last keys
+    assert not sa._is_causal_run(torch.tensor([9, 8]), kv_pos)  # not in order
+    assert not sa._is_causal_run(torch.tensor([5, 5]), torch.tensor([0, 5, 5]))  # a shared position: no square
+    assert not sa._is_causal_run(torch.tensor([5, 6]), torch.tensor([0, 5, 5, 6]))  # an earlier key at 5 too
+    assert not sa._is_causal_run(torch.arange(12), kv_pos)  # more queries than keys
 
 
 def test_block_key_ranges_cover_exactly_the_visible_keys():

@@ -237,7 +237,7 @@ def selective_attention_torch(
     fast_cpu = window is None and _HAS_CPU_FLASH_LSE and q.device.type == "cpu"
     # Every query is one of the last keys' own tokens, in order (a prompt after reused KV, a chunked prefill):
     # two calls. (A run after other queries, as in a blend, measured no faster than the blocks below.)
-    if fast_cpu and _trailing_run(q_pos, kv_pos) == n_q:
+    if fast_cpu and _is_causal_run(q_pos, kv_pos):
         return _causal_run(q, k, v, scale, k.shape[1] - n_q)
     order, kv_lo, kv_hi = _block_key_ranges(q_pos, kv_pos, window, block)
     pos = q_pos[order]  # [n_q] non-decreasing
@@ -277,17 +277,15 @@ def selective_attention_torch(
 _HAS_CPU_FLASH_LSE = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
 
 
-def _trailing_run(q_pos: torch.Tensor, kv_pos: torch.Tensor) -> int:
-    """How many of the last queries (in the order given) are the last keys' own tokens, one to one and in order,
-    at strictly increasing positions, after keys all at earlier positions: for them the visible keys are every
-    key before the run plus a top-left causal square. 0 when there is no such run. kv_pos is sorted."""
-    n = min(q_pos.shape[0], kv_pos.shape[0])
-    if n == 0:
-        return 0
-    same = (q_pos[q_pos.shape[0] - n :] == kv_pos[kv_pos.shape[0] - n :]).flip(0)  # [n] from the last one back
-    run = int(same.cumprod(0).sum())
-    tail = kv_pos[max(0, kv_pos.shape[0] - run - 1) :]  # the run and the key before it
-    return run if run and bool((tail[1:] > tail[:-1]).all()) else 0
+def _is_causal_run(q_pos: torch.Tensor, kv_pos: torch.Tensor) -> bool:
+    """Whether the queries are the last keys' own tokens, one to one and in order, at strictly increasing
+    positions, after keys all at earlier positions: then each sees every key before the run plus a top-left
+    causal square of the run's own keys. kv_pos is sorted (the caller checked)."""
+    n_q, n_kv = q_pos.shape[0], kv_pos.shape[0]
+    if n_q == 0 or n_q > n_kv or not torch.equal(q_pos, kv_pos[n_kv - n_q :]):
+        return False
+    tail = kv_pos[max(0, n_kv - n_q - 1) :]  # the run and the key before it
+    return bool((tail[1:] > tail[:-1]).all())
 
 
 def _causal_run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, split: int) -> torch.Tensor:
