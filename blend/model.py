@@ -168,11 +168,18 @@ class Transformer(nn.Module):
         `rope` and `mask` may be precomputed once for all layers (see `step_plan`); mask "selective"
         uses the position-blocked selective attention (no work on keys no query can see). Returns [T, dim].
         """
-        q, k, v = self.layer_qkv(i, h, rope if rope is not None else self.rope_tables(positions))
+        q = self.layer_write_kv(i, h, cache, slots, rope if rope is not None else self.rope_tables(positions))
+        return self.layer_finish(i, h, q, positions, cache, mask)
+
+    def layer_write_kv(
+        self, i: int, h: torch.Tensor, cache: KVCache, slots: slice | torch.Tensor, rope: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
+        """Write the K/V of `h: [T, dim]` into `cache` layer i at `slots`; returns their q: [n_heads, T, head_dim]."""
+        q, k, v = self.layer_qkv(i, h, rope)
         k_store, v_store = cache.layer(i)  # [n_kv_heads, capacity, head_dim]
         k_store[:, slots] = k
         v_store[:, slots] = v
-        return self.layer_finish(i, h, q, positions, cache, mask)
+        return q
 
     def layer_qkv(self, i: int, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """h: [T, dim] -> q: [n_heads, T, head_dim], k, v: [n_kv_heads, T, head_dim] (q, k rotated by `rope`)."""
@@ -259,10 +266,7 @@ class Transformer(nn.Module):
         for i in range(last):
             h = self.layer_step(i, h, positions, cache, slots, rope, masks[i])
         if kv_only:
-            _, k, v = self.layer_qkv(last, h, rope)
-            k_store, v_store = cache.layer(last)
-            k_store[:, slots] = k
-            v_store[:, slots] = v
+            self.layer_write_kv(last, h, cache, slots, rope)
             return None
         h = self.layer_step(last, h, positions, cache, slots, rope, masks[last])
         return self.logits(h) if all_logits else self.logits(h[-1:])[0]
