@@ -58,6 +58,7 @@ class IndexerConfig:
     commit_diff_lines: int = 40  # changed lines kept per commit summary
     debounce_s: float = 0.5  # the watcher waits this long after the last event before updating
     precompute: bool = True  # False: a chunk's KV is computed on its first use (batch eval touches a few)
+    workers: int = 0  # precompute threads; 0: `default_workers` (one per torch thread on a CPU)
     shared_prefix: bool = False  # precompute behind `<|repo_name|>name\n` instead of alone at offset 0
     repo_name: str | None = None  # None: the root directory's name
     ignores: tuple[str, ...] = DEFAULT_IGNORES
@@ -68,6 +69,8 @@ class IndexerConfig:
         object.__setattr__(self, "root", root)
         if not root.is_dir():
             raise ValueError(f"workspace is not a directory: {root}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: automatic), got {self.workers}")
         if self.max_chunk_tokens < 16 or self.min_chunk_tokens >= self.max_chunk_tokens:
             raise ValueError(f"need 16 <= min_chunk_tokens < max_chunk_tokens, got {self.min_chunk_tokens}, "
                              f"{self.max_chunk_tokens}")  # fmt: skip

@@ -25,7 +25,7 @@ from indexer.chunker import Chunk, Chunker, text_hash
 from indexer.commits import commit_chunks, commit_texts
 from indexer.config import IndexerConfig
 from indexer.ignore import IgnoreRules
-from indexer.precompute import PrecomputeQueue, Precomputer, Priority, ProgressCallback
+from indexer.precompute import PrecomputeQueue, Precomputer, Priority, ProgressCallback, default_workers
 from indexer.store import KVStore, TieredStore
 from indexer.walk import SourceFile, read_source, walk_workspace
 
@@ -54,8 +54,9 @@ class IndexStats:
     skipped: dict[str, int]
     computed: int  # chunks precomputed by this run (the others were already in the store)
     reused: int
-    engine_seconds: float  # of `seconds`, the time spent running the model on chunks (the rest: walking,
-    # chunking, storing)
+    engine_seconds: float  # time spent running the model on chunks, summed over the precompute workers (one
+    # worker: the part of `seconds` not spent walking, chunking, storing)
+    workers: int = 1  # precompute workers
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -83,7 +84,8 @@ class Indexer:
         self.chunker = Chunker(lm.tokenizer, lm.fingerprint, cfg.max_chunk_tokens, cfg.min_chunk_tokens, prefix)
         self.engine = Precomputer(lm.model, prefix)
         self.rules = IgnoreRules(cfg.root, cfg.ignores)
-        self.queue = PrecomputeQueue(self._compute, progress)
+        self.workers = cfg.workers or default_workers(dev)
+        self.queue = PrecomputeQueue(self._compute, progress, self.workers)
         self.files: dict[str, list[Chunk]] = {}  # path -> its chunks in file order
         self.commits: list[Chunk] = []
         self.skipped: collections.Counter = collections.Counter()
@@ -94,6 +96,7 @@ class Indexer:
         self.generation = 0  # bumped whenever the set of chunks changes (retrieval caches key on it)
         self._hashes: dict[str, str] = {}  # path -> text hash of the version indexed
         self._lock = threading.RLock()
+        self._count = threading.Lock()  # computed, engine_seconds: updated by every precompute worker
         self._background = False
 
     # -- computing ---------------------------------------------------------------------------
@@ -104,14 +107,16 @@ class Indexer:
         so that indexing a repository does not evict the open files' chunks (a later read promotes them)."""
         t0 = time.perf_counter()
         kv = self.engine(chunk.tokens)  # fp16 (the stored precision) on the model's device
-        self.engine_seconds += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
         if hot is None:
             hot = self._priority(chunk) <= Priority.RECENT
         if hot or not isinstance(self.store, TieredStore):
             self.store.put(chunk.key, kv)
         else:
             self.store.put_cold(chunk.key, kv)
-        self.computed += 1
+        with self._count:
+            self.engine_seconds += seconds
+            self.computed += 1
         return kv
 
     def get_kv(self, chunk: Chunk) -> ChunkKV:
@@ -258,6 +263,7 @@ class Indexer:
             computed=computed,
             reused=len({c.key for c in chunks}) - computed,
             engine_seconds=round(self.engine_seconds - engine0, 4),
+            workers=self.workers,
         )
 
     # -- queries -----------------------------------------------------------------------------

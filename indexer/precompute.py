@@ -1,8 +1,9 @@
 """Precompute chunk KV in priority order: open files, then recently edited, README, commits, the rest.
 
 `PrecomputeQueue` holds chunks whose KV is missing from the store, each once (a chunk submitted again with a
-better priority moves up). It runs either in the caller's thread (`run_pending`, the CLI and tests) or in a
-background thread (`start`, the language server), and reports progress through a callback after each chunk.
+better priority moves up). It runs either in the caller's thread (`run_pending`, the CLI and tests; helper threads
+join it when there are several workers) or in background threads (`start`, the language server), and reports
+progress through a callback after each chunk.
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ class Precomputer:
         return kv
 
 
+def default_workers(device: torch.device) -> int:
+    """Precompute workers for a model on `device`: on a CPU one per torch thread (up to 8), each running one
+    chunk single-threaded; on an accelerator 1 (its kernels already fill it)."""
+    return min(8, torch.get_num_threads()) if device.type == "cpu" else 1
+
+
 def _finite(x: torch.Tensor) -> bool:
     """No inf or nan in `x` (fp16): one fp32 sum, not an element-wise mask. Exact: a sum of finite fp16 values
     (|x| <= 65504) cannot overflow fp32 at any chunk size, and any inf or nan makes the sum inf or nan."""
@@ -79,15 +86,29 @@ def _finite(x: torch.Tensor) -> bool:
 
 
 class PrecomputeQueue:
-    def __init__(self, work: Callable[[Chunk], None], progress: ProgressCallback | None = None) -> None:
+    """Pending chunks by priority, computed by `workers` threads.
+
+    On a CPU, W workers of T / W torch threads each (T: torch's thread count) beat one worker of T threads:
+    a chunk of a few hundred tokens keeps one thread busy, while T threads on it spend much of their time
+    waiting for each other (measured: README, Indexer). Each worker sets its own thread count, which torch
+    keeps per thread, so the caller's is unchanged."""
+
+    def __init__(
+        self, work: Callable[[Chunk], None], progress: ProgressCallback | None = None, workers: int = 1
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self._work = work  # computes and stores one chunk's KV
         self._progress = progress
+        self.workers = workers
+        self._threads_each = max(1, torch.get_num_threads() // workers)
         self._heap: list[tuple[int, int, ChunkKey]] = []
         self._pending: dict[ChunkKey, tuple[int, Chunk]] = {}  # key -> (priority, chunk)
         self._seq = itertools.count()
         self._cv = threading.Condition()
-        self._busy = False
-        self._thread: threading.Thread | None = None
+        self._report = threading.Lock()  # progress reports go out one at a time, in order
+        self._running = 0  # chunks being computed right now
+        self._threads: list[threading.Thread] = []
         self._stop = False
         self._done = self._tokens = 0
         self.errors = 0
@@ -130,68 +151,100 @@ class PrecomputeQueue:
         except Exception:  # one bad chunk must not stop indexing; the traceback names it, not its text
             self.errors += 1
             log.exception("precompute failed for a chunk of %s", chunk.path)
-        with self._cv:
-            self._done += 1
-            self._tokens += chunk.n_tokens
-            report = Progress(self._done, self._done + len(self._pending), self._tokens, chunk.path)
-            if not self._pending:
-                self._done = self._tokens = 0
-        if self._progress is not None:
-            self._progress(report)
-
-    def run_pending(self) -> int:
-        """Compute everything pending in this thread; returns the number of chunks computed."""
-        n = 0
-        while True:
+        with self._report:
             with self._cv:
-                chunk = self._pop()
-                if chunk is None:
-                    return n
-                self._busy = True
+                self._done += 1
+                self._tokens += chunk.n_tokens
+                report = Progress(self._done, self._done + len(self._pending) + self._running - 1, self._tokens,
+                                  chunk.path)  # fmt: skip
+                if not self._pending and self._running == 1:
+                    self._done = self._tokens = 0
+            if self._progress is not None:
+                self._progress(report)
+
+    def _next(self, wait: bool) -> Chunk | None:
+        """Claim the best pending chunk; None when stopping, or (wait=False) when nothing is pending."""
+        with self._cv:
+            while True:
+                chunk = None if self._stop else self._pop()
+                if chunk is not None:
+                    self._running += 1
+                    return chunk
+                if self._stop or not wait:
+                    return None
+                self._cv.wait()
+
+    def _drain(self, wait: bool) -> int:
+        """Compute claimed chunks until there are none (wait=False) or until `stop` (wait=True)."""
+        n = 0
+        while (chunk := self._next(wait)) is not None:
             try:
                 self._run_one(chunk)
                 n += 1
             finally:
                 with self._cv:
-                    self._busy = False
+                    self._running -= 1
                     self._cv.notify_all()
+        return n
+
+    def _worker(self, wait: bool, counts: list[int]) -> None:
+        torch.set_num_threads(self._threads_each)  # this thread's own setting
+        counts.append(self._drain(wait))
+
+    def run_pending(self) -> int:
+        """Compute everything pending: in this thread, with `workers - 1` helper threads; returns the number of
+        chunks computed."""
+        if self.workers == 1:
+            return self._drain(wait=False)
+        counts: list[int] = []
+        helpers = [
+            threading.Thread(target=self._worker, args=(False, counts), name=f"kvblend-precompute-{i}", daemon=True)
+            for i in range(1, self.workers)
+        ]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self._threads_each)
+        try:
+            for t in helpers:
+                t.start()
+            counts.append(self._drain(wait=False))
+        except BaseException:  # interrupted: the helpers finish the chunk they hold, then stop
+            with self._cv:
+                self._stop = True
+                self._cv.notify_all()
+            raise
+        finally:
+            for t in helpers:
+                t.join()
+            torch.set_num_threads(threads)
+            with self._cv:
+                self._stop = False
+        return sum(counts)
 
     # -- background mode ---------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None:
+        """Compute in `workers` background threads from now on, until `stop`."""
+        if self._threads:
             return
         self._stop = False
-        self._thread = threading.Thread(target=self._loop, name="kvblend-precompute", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                while not self._stop and not self._pending:
-                    self._cv.wait()
-                if self._stop:
-                    return
-                chunk = self._pop()
-                self._busy = chunk is not None
-            if chunk is None:
-                continue
-            try:
-                self._run_one(chunk)
-            finally:
-                with self._cv:
-                    self._busy = False
-                    self._cv.notify_all()
+        self._threads = [
+            threading.Thread(target=self._worker, args=(True, []), name=f"kvblend-precompute-{i}", daemon=True)
+            for i in range(self.workers)
+        ]
+        for t in self._threads:
+            t.start()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until nothing is pending or running (background mode); False on timeout."""
         with self._cv:
-            return self._cv.wait_for(lambda: not self._pending and not self._busy, timeout)
+            return self._cv.wait_for(lambda: not self._pending and not self._running, timeout)
 
     def stop(self) -> None:
         with self._cv:
             self._stop = True
             self._cv.notify_all()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        for t in self._threads:
+            t.join()
+        self._threads = []
+        with self._cv:
+            self._stop = False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 from pathlib import PurePosixPath
 
-from ledger.secrets import SECRET_NAMES, SECRET_PATTERNS
+from ledger.secrets import SECRET_HINTS, SECRET_NAMES, SECRET_PATTERNS
 
 
 def is_secret_path(path: str) -> bool:
@@ -19,9 +19,10 @@ def is_secret_path(path: str) -> bool:
 
 
 def find_secret(text: str) -> str | None:
-    """The name of the first credential pattern `text` contains, or None."""
+    """The name of the first credential pattern `text` contains, or None. A pattern runs only on text that
+    holds one of its literal hints (a match always does)."""
     for name, pattern in SECRET_PATTERNS.items():
-        if pattern.search(text):
+        if any(hint in text for hint in SECRET_HINTS[name]) and pattern.search(text):
             return name
     return None
 

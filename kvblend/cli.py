@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(bi)
     bi.add_argument("path", type=Path, help="the repository to index")
     bi.add_argument("--repeats", type=int, default=5)
+    bi.add_argument("--workers", type=int, default=0, help="precompute workers (0: one per torch thread on a CPU)")
     bi.add_argument("--json", action="store_true", help="print one JSON object")
 
     bl = bsub.add_parser("lsp", help="replay a typing session against kvblend serve: time to suggestion")
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--cache-dir", type=Path, default=None, help="disk tier (default: PATH/.kvblend/cache)")
     ix.add_argument("--redis-url", default=None, help="also use a shared redis tier, e.g. redis://host:6379/0")
     ix.add_argument("--max-chunk-tokens", type=int, default=512)
+    ix.add_argument("--workers", type=int, default=0, help="precompute workers (0: one per torch thread on a CPU)")
     ix.add_argument("--json", action="store_true", help="print one JSON object")
 
     sv = sub.add_parser("serve", help="run the language server over stdio (--tcp PORT for debugging)")
@@ -294,7 +296,9 @@ def _index(args: argparse.Namespace) -> int:
         raise ValueError(f"not a directory: {args.path}")
     tiers = ("memory", "disk", "redis") if args.redis_url else ("memory", "disk")
     store = StoreConfig(tiers=tiers, redis_url=args.redis_url)
-    cfg = IndexerConfig(args.path, cache_dir=args.cache_dir, max_chunk_tokens=args.max_chunk_tokens, store=store)
+    cfg = IndexerConfig(
+        args.path, cache_dir=args.cache_dir, max_chunk_tokens=args.max_chunk_tokens, workers=args.workers, store=store
+    )
     lm = load_model(args.model, device=args.device)
     bar = _ProgressBar() if sys.stderr.isatty() else None
     idx = Indexer(cfg, lm, progress=bar)
@@ -306,7 +310,7 @@ def _index(args: argparse.Namespace) -> int:
             bar.close()
     out = stats.to_dict()
     keys = ("files", "chunks", "tokens", "bytes", "seconds", "tokens_per_s", "skipped", "computed", "reused",
-            "engine_seconds")  # fmt: skip
+            "engine_seconds", "workers")  # fmt: skip
     return _print({k: out[k] for k in keys}, args.json)
 
 
@@ -337,7 +341,7 @@ def _bench_index(args: argparse.Namespace) -> int:
 
     if not args.path.is_dir():
         raise ValueError(f"not a directory: {args.path}")
-    return _print(bench_index(args.model, args.path, args.device, args.repeats), args.json)
+    return _print(bench_index(args.model, args.path, args.device, args.repeats, args.workers), args.json)
 
 
 def _bench_lsp(args: argparse.Namespace) -> int:

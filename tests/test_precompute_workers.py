@@ -1,0 +1,92 @@
+"""Precompute on several worker threads: every chunk computed once, claimed in priority order, progress in
+order, the caller's torch thread count untouched; the same store content as one worker."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from indexer import Indexer
+from indexer.chunker import Chunk
+from indexer.keys import chunk_key
+from indexer.precompute import PrecomputeQueue, Priority
+from tests.test_indexer_index import _cfg, lm, make_fixture_repo  # noqa: F401 - lm is a fixture
+
+
+def _chunks(n: int) -> list[Chunk]:
+    out = []
+    for i in range(n):
+        tokens = (i + 1, i + 2, i + 3)
+        out.append(Chunk(f"f{i}.py", "code", 1, 1, f"text {i}", tokens, chunk_key("ab" * 8, tokens), f"{i:032x}"))
+    return out
+
+
+def test_workers_claim_in_priority_order_and_compute_each_chunk_once():
+    chunks = _chunks(24)
+    claimed, computed, lock, reports = [], [], threading.Lock(), []
+
+    def work(chunk):
+        with lock:
+            computed.append(chunk.path)
+        time.sleep(0.002)  # long enough that the workers overlap
+        if chunk.path == "f7.py":
+            raise RuntimeError("a broken chunk")
+
+    q = PrecomputeQueue(work, reports.append, workers=3)
+    pop = q._pop  # claims are made here, under the queue's lock: record them in that order
+
+    def claim():
+        chunk = pop()
+        if chunk is not None:
+            claimed.append(chunk.path)
+        return chunk
+
+    q._pop = claim
+    prio = {c.path: [Priority.REST, Priority.README, Priority.OPEN][i % 3] for i, c in enumerate(chunks)}
+    for c in chunks:
+        q.submit(c, prio[c.path])
+    threads = torch.get_num_threads()
+    assert q.run_pending() == 24
+    assert torch.get_num_threads() == threads  # the caller's setting is restored
+    assert sorted(computed) == sorted(c.path for c in chunks)  # each once
+    assert claimed == [c.path for c in sorted(chunks, key=lambda c: prio[c.path])]  # stable within a priority
+    assert [r.done for r in reports] == list(range(1, 25)) and reports[-1].total == 24
+    assert q.errors == 1 and len(q) == 0
+
+
+def test_background_workers_stop_and_wait():
+    chunks = _chunks(10)
+    done, lock = [], threading.Lock()
+
+    def work(chunk):
+        time.sleep(0.001)
+        with lock:
+            done.append(chunk.path)
+
+    q = PrecomputeQueue(work, workers=2)
+    q.start()
+    try:
+        for c in chunks:
+            q.submit(c, Priority.REST)
+        assert q.wait(timeout=30)
+        assert sorted(done) == sorted(c.path for c in chunks)
+    finally:
+        q.stop()
+    assert all(not t.is_alive() for t in threading.enumerate() if t.name.startswith("kvblend-precompute"))
+    with pytest.raises(ValueError, match="workers"):
+        PrecomputeQueue(work, workers=0)
+
+
+def test_two_workers_store_what_one_worker_stores(tmp_path, lm):  # noqa: F811
+    make_fixture_repo(tmp_path / "ws")
+    one = Indexer(_cfg(tmp_path / "ws", cache_dir=tmp_path / "c1", workers=1), lm)
+    two = Indexer(_cfg(tmp_path / "ws", cache_dir=tmp_path / "c2", workers=2), lm)
+    s1, s2 = one.index(), two.index()
+    assert two.workers == 2 and s2.workers == 2 and s2.computed == s1.computed > 5
+    assert s2.engine_seconds > 0 and s2.bytes == s1.bytes
+    for c in one.chunks():
+        a, b = one.store.get(c.key), two.store.get(c.key)
+        assert b is not None and torch.equal(a.tokens, b.tokens)
+        torch.testing.assert_close(b.k, a.k, rtol=0, atol=2e-3)  # fp16 KV; thread counts may round differently
+        torch.testing.assert_close(b.v, a.v, rtol=0, atol=2e-3)
