@@ -130,13 +130,14 @@ class Indexer:
         return ChunkKV(kv.tokens, kv.k.to(dtype), kv.v.to(dtype), kv.positions)
 
     def _priority(self, chunk: Chunk) -> Priority:
-        if chunk.path in self.open_paths:
+        return Priority.COMMIT if chunk.kind == "commit" else self._file_priority(chunk.path)
+
+    def _file_priority(self, path: str) -> Priority:
+        if path in self.open_paths:
             return Priority.OPEN
-        if chunk.path in self.recent:
+        if path in self.recent:
             return Priority.RECENT
-        if chunk.kind == "commit":
-            return Priority.COMMIT
-        return Priority.README if is_readme(chunk.path) else Priority.REST
+        return Priority.README if is_readme(path) else Priority.REST
 
     def _enqueue(self, chunks: list[Chunk], result: UpdateResult) -> None:
         if not self.cfg.precompute:
@@ -207,13 +208,8 @@ class Indexer:
             if rel and self.rules.is_ignored(rel, is_dir=True):
                 self._drop(rel, result)
                 return
-            walk = walk_workspace(self.cfg, self.rules, under=rel)
-            seen = {f.path for f in walk.files}
-            for p in [p for p in self.files if (not rel or p.startswith(rel + "/")) and p not in seen]:
-                self._drop(p, result)
-            for sf in walk.files:
+            for sf in self._walk(rel, result):
                 self._set_file(sf, result)
-            result.skipped.update(walk.skipped)
             return
         got = read_source(self.cfg, self.rules, rel)
         if isinstance(got, str):
@@ -223,9 +219,23 @@ class Indexer:
             return
         self._set_file(got, result)
 
+    def _walk(self, rel: str, result: UpdateResult) -> list[SourceFile]:
+        """The indexable files below directory `rel` in precompute-priority order (open, recently edited,
+        README, the rest; path order within each); files indexed before and gone now are dropped."""
+        walk = walk_workspace(self.cfg, self.rules, under=rel)
+        seen = {f.path for f in walk.files}
+        for p in [p for p in self.files if (not rel or p.startswith(rel + "/")) and p not in seen]:
+            self._drop(p, result)
+        result.skipped.update(walk.skipped)
+        return sorted(walk.files, key=lambda f: self._file_priority(f.path))  # stable: path order within
+
     def refresh_commits(self) -> UpdateResult:
         """Re-read the last K commits (after a commit, checkout or pull)."""
         result = UpdateResult()
+        self._set_commits(result)
+        return self._finish(result)
+
+    def _set_commits(self, result: UpdateResult) -> None:
         texts = commit_texts(self.cfg.root, self.cfg.n_commits, self.cfg.commit_diff_lines, self.rules.is_ignored)
         with self._lock:
             chunks = commit_chunks(self.chunker, texts)
@@ -233,21 +243,39 @@ class Indexer:
             self.commits = chunks
             self.generation += 1
             new = {c.key for c in chunks}
-            result.added, result.removed, result.unchanged = len(new - old), len(old - new), len(new & old)
+            result.added += len(new - old)
+            result.removed += len(old - new)
+            result.unchanged += len(new & old)
             self._enqueue([c for c in chunks if c.key not in old], result)
-        return self._finish(result)
 
     def index(self) -> IndexStats:
         """Walk the whole workspace and the git history; compute every chunk missing from the store."""
         t0, computed0, engine0 = time.perf_counter(), self.computed, self.engine_seconds
+        # Queued in priority order: open, recently edited and README files, then the commits, then the rest.
+        # The workers start once the first three are queued and compute while the rest is being chunked
+        # (claims stay in priority order: nothing queued later outranks what is queued).
+        result = UpdateResult()
         with self._lock:
-            result = UpdateResult()
-            self._update_one("", result)
+            files = self._walk("", result)
             self.skipped = result.skipped
-        self._finish(result)
-        self.refresh_commits()
-        if self._background:
-            self.queue.wait()
+            n_first = sum(self._file_priority(f.path) < Priority.REST for f in files)
+            for sf in files[:n_first]:
+                self._set_file(sf, result)
+        self._set_commits(result)
+        pipelined = not self._background and self.cfg.precompute
+        if pipelined:
+            self.start()
+        try:
+            with self._lock:
+                for sf in files[n_first:]:
+                    self._set_file(sf, result)
+            self._finish(result)
+            if self._background:
+                self.queue.wait()
+        finally:
+            if pipelined:
+                self.queue.stop()
+                self._background = False
         seconds = time.perf_counter() - t0
         chunks = self.chunks()
         tokens = sum(c.n_tokens for c in chunks)

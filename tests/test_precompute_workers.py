@@ -90,3 +90,25 @@ def test_two_workers_store_what_one_worker_stores(tmp_path, lm):  # noqa: F811
         assert b is not None and torch.equal(a.tokens, b.tokens)
         torch.testing.assert_close(b.k, a.k, rtol=0, atol=2e-3)  # fp16 KV; thread counts may round differently
         torch.testing.assert_close(b.v, a.v, rtol=0, atol=2e-3)
+
+
+def test_index_claims_chunks_in_priority_order_while_still_chunking(tmp_path, lm):  # noqa: F811
+    """index() starts the workers once open, README and commit chunks are queued; the rest is chunked while
+    they compute, and no chunk is claimed before one that outranks it."""
+    make_fixture_repo(tmp_path / "ws")
+    idx = Indexer(_cfg(tmp_path / "ws", cache_dir=tmp_path / "c", workers=2), lm)
+    idx.set_open([tmp_path / "ws" / "pkg/geometry.py"])
+    claimed = []
+    pop = idx.queue._pop
+
+    def claim():
+        chunk = pop()
+        if chunk is not None:
+            claimed.append(idx._priority(chunk))
+        return chunk
+
+    idx.queue._pop = claim
+    stats = idx.index()
+    assert len(claimed) == stats.computed and claimed == sorted(claimed)
+    assert claimed[0] == Priority.OPEN and Priority.README in claimed and Priority.COMMIT in claimed
+    assert claimed[-1] == Priority.REST and not idx._background and not idx.queue._threads
