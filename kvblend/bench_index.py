@@ -21,7 +21,7 @@ from indexer.store_disk import DiskStore
 
 
 def bench_index(
-    model_dir: Path | None, repo: Path, device: str | None = None, repeats: int = 5, workers: int = 0
+    model_dir: Path | None, repo: Path, device: str | None = None, repeats: int = 9, workers: int = 0
 ) -> dict:
     """Index `repo` `repeats` times into fresh caches and prefill its distinct chunks as many times, in adjacent
     pairs (the overhead: the median pair's). The raw prefill runs on as many worker threads as the indexer (of

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     bi = bsub.add_parser("index", help="indexing tokens/s vs raw prefill; disk-tier load GB/s vs a plain read")
     _model_args(bi)
     bi.add_argument("path", type=Path, help="the repository to index")
-    bi.add_argument("--repeats", type=int, default=5)
+    bi.add_argument("--repeats", type=int, default=9)
     bi.add_argument("--workers", type=int, default=0, help="precompute workers (0: one per torch thread on a CPU)")
     bi.add_argument("--json", action="store_true", help="print one JSON object")
 
