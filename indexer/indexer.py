@@ -27,7 +27,7 @@ from indexer.config import IndexerConfig
 from indexer.ignore import IgnoreRules
 from indexer.precompute import PrecomputeQueue, Precomputer, Priority, ProgressCallback, default_workers
 from indexer.store import KVStore, TieredStore
-from indexer.walk import SourceFile, read_source, walk_workspace
+from indexer.walk import SourceFile, WalkResult, read_source, walk_workspace
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,13 @@ class Indexer:
         self.generation += 1
         self._enqueue([c for c in chunks if c.key not in old_keys], result)
 
+    def _set_files(self, files: list[SourceFile], result: UpdateResult) -> None:
+        for sf in files:
+            if self._background:
+                self.queue.pause_while_held()
+            with self._lock:
+                self._set_file(sf, result)
+
     def _drop(self, rel: str, result: UpdateResult) -> None:
         for path in [p for p in self.files if p == rel or p.startswith(rel + "/") or not rel]:
             result.removed += len({c.key for c in self.files.pop(path)})
@@ -219,10 +226,11 @@ class Indexer:
             return
         self._set_file(got, result)
 
-    def _walk(self, rel: str, result: UpdateResult) -> list[SourceFile]:
-        """The indexable files below directory `rel` in precompute-priority order (open, recently edited,
-        README, the rest; path order within each); files indexed before and gone now are dropped."""
-        walk = walk_workspace(self.cfg, self.rules, under=rel)
+    def _walk(self, rel: str, result: UpdateResult, walk: WalkResult | None = None) -> list[SourceFile]:
+        """The indexable files below directory `rel` (`walk`: already read) in precompute-priority order (open,
+        recently edited, README, the rest; path order within each); files indexed before and gone now are
+        dropped. The caller holds the lock."""
+        walk = walk or walk_workspace(self.cfg, self.rules, under=rel)
         seen = {f.path for f in walk.files}
         for p in [p for p in self.files if (not rel or p.startswith(rel + "/")) and p not in seen]:
             self._drop(p, result)
@@ -254,21 +262,21 @@ class Indexer:
         # Queued in priority order: open, recently edited and README files, then the commits, then the rest.
         # The workers start once the first three are queued and compute while the rest is being chunked
         # (claims stay in priority order: nothing queued later outranks what is queued).
+        # The lock is taken per file, so requests (retrieval) are not held up by a long walk, and in background
+        # mode the walk also pauses between files while a request holds the queue.
         result = UpdateResult()
+        walk = walk_workspace(self.cfg, self.rules)  # reads the files: no lock needed
         with self._lock:
-            files = self._walk("", result)
+            files = self._walk("", result, walk)
             self.skipped = result.skipped
-            n_first = sum(self._file_priority(f.path) < Priority.REST for f in files)
-            for sf in files[:n_first]:
-                self._set_file(sf, result)
+        n_first = sum(self._file_priority(f.path) < Priority.REST for f in files)
+        self._set_files(files[:n_first], result)
         self._set_commits(result)
         pipelined = not self._background and self.cfg.precompute
         if pipelined:
             self.start()
         try:
-            with self._lock:
-                for sf in files[n_first:]:
-                    self._set_file(sf, result)
+            self._set_files(files[n_first:], result)
             self._finish(result)
             if self._background:
                 self.queue.wait()

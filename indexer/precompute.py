@@ -8,13 +8,14 @@ progress through a callback after each chunk.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import heapq
 import itertools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -108,6 +109,7 @@ class PrecomputeQueue:
         self._cv = threading.Condition()
         self._report = threading.Lock()  # progress reports go out one at a time, in order
         self._running = 0  # chunks being computed right now
+        self._held = 0  # requests in flight (`yielding`): workers start no new chunk while any is
         self._threads: list[threading.Thread] = []
         self._stop = False
         self._done = self._tokens = 0
@@ -162,11 +164,30 @@ class PrecomputeQueue:
             if self._progress is not None:
                 self._progress(report)
 
+    @contextlib.contextmanager
+    def yielding(self) -> Iterator[None]:
+        """While a request runs inside this block, background workers start no new chunk (the ones they hold
+        finish): precompute yields the cores to the user's request. Nested and concurrent uses count."""
+        with self._cv:
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._held -= 1
+                self._cv.notify_all()
+
+    def pause_while_held(self) -> None:
+        """Wait while a request holds the queue (for background work besides the workers: the index walk)."""
+        with self._cv:
+            self._cv.wait_for(lambda: not self._held or self._stop)
+
     def _next(self, wait: bool) -> Chunk | None:
-        """Claim the best pending chunk; None when stopping, or (wait=False) when nothing is pending."""
+        """Claim the best pending chunk; None when stopping, or (wait=False) when nothing is pending. Background
+        workers (wait=True) also wait while a request holds the queue (`yielding`)."""
         with self._cv:
             while True:
-                chunk = None if self._stop else self._pop()
+                chunk = None if self._stop or (wait and self._held) else self._pop()
                 if chunk is not None:
                     self._running += 1
                     return chunk
@@ -194,6 +215,8 @@ class PrecomputeQueue:
     def run_pending(self) -> int:
         """Compute everything pending: in this thread, with `workers - 1` helper threads; returns the number of
         chunks computed."""
+        with self._cv:
+            self._stop = False
         if self.workers == 1:
             return self._drain(wait=False)
         counts: list[int] = []
@@ -235,9 +258,11 @@ class PrecomputeQueue:
             t.start()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until nothing is pending or running (background mode); False on timeout."""
+        """Block until nothing is pending or running (background mode), or until `stop`; False on timeout or when
+        stopped with chunks still pending."""
         with self._cv:
-            return self._cv.wait_for(lambda: not self._pending and not self._running, timeout)
+            self._cv.wait_for(lambda: self._stop or (not self._pending and not self._running), timeout)
+            return not self._pending and not self._running
 
     def stop(self) -> None:
         with self._cv:
@@ -245,6 +270,4 @@ class PrecomputeQueue:
             self._cv.notify_all()
         for t in self._threads:
             t.join()
-        self._threads = []
-        with self._cv:
-            self._stop = False
+        self._threads = []  # `_stop` stays set (waiters see it) until `start` or `run_pending`

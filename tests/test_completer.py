@@ -226,3 +226,15 @@ def test_result_cache_zero_is_off_and_first_token_is_reported(lm, indexer):
     assert a.source == b.source == "model" and a.text == b.text  # asked again: the model runs again
     ids = lm.tokenizer.encode(a.text) if a.text else []
     assert a.first_token >= 0 and (not ids or a.text.startswith(lm.tokenizer.decode([a.first_token])))
+
+
+def test_background_precompute_yields_to_requests(lm, indexer):
+    """While a request or a warm-up runs, the precompute workers start no new chunk."""
+    c = Completer(lm, Settings(), indexer)
+    held = []
+    run, prepare = c._run, c._prepare
+    c._run = lambda *a: (held.append(indexer.queue._held), run(*a))[1]
+    c._prepare = lambda *a: (held.append(indexer.queue._held), prepare(*a))[1]
+    c.complete(request(APP, "return total"))
+    c.warm(request(APP, "return total", extra=" "))
+    assert held and all(h == 1 for h in held) and indexer.queue._held == 0

@@ -112,3 +112,32 @@ def test_index_claims_chunks_in_priority_order_while_still_chunking(tmp_path, lm
     assert len(claimed) == stats.computed and claimed == sorted(claimed)
     assert claimed[0] == Priority.OPEN and Priority.README in claimed and Priority.COMMIT in claimed
     assert claimed[-1] == Priority.REST and not idx._background and not idx.queue._threads
+
+
+def test_stop_releases_waiters_and_a_request_holds_the_workers():
+    chunks = _chunks(40)
+    started = []
+
+    def work(chunk):
+        started.append(chunk.path)
+        time.sleep(0.01)
+
+    q = PrecomputeQueue(work, workers=2)
+    q.start()
+    for c in chunks:
+        q.submit(c, Priority.REST)
+    with q.yielding():  # a request is running: no new chunk starts (the held ones finish)
+        time.sleep(0.05)
+        n = len(started)
+        time.sleep(0.1)
+        assert len(started) == n <= 2
+    assert not q.wait(timeout=0.05)  # still pending
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(q.wait()))
+    waiter.start()
+    q.stop()  # an index() waiting for the queue must not hang when the server shuts down
+    waiter.join(timeout=10)
+    assert not waiter.is_alive() and result == [False] and 0 < len(q) < 40
+    left = len(q)
+    assert left == len(chunks) - len(started)
+    assert q.run_pending() == left and len(q) == 0 and len(started) == len(chunks)  # the rest, in this thread
