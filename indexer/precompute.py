@@ -80,6 +80,39 @@ def default_workers(device: torch.device) -> int:
     return min(8, torch.get_num_threads()) if device.type == "cpu" else 1
 
 
+def threads_per_worker(workers: int) -> int:
+    """Torch threads for each of `workers` threads sharing this thread's count."""
+    return max(1, torch.get_num_threads() // workers)
+
+
+def run_on_workers(work: Callable[[], int], workers: int, interrupted: Callable[[], None] = lambda: None) -> int:
+    """`work()` in this thread and in `workers - 1` helper threads at once, each on `threads_per_worker` torch
+    threads (torch keeps the count per thread; this thread's is restored); returns the sum of their results.
+    If this thread's `work` raises, `interrupted()` must make the helpers' `work` return; they are joined
+    before the exception propagates."""
+    each, threads = threads_per_worker(workers), torch.get_num_threads()
+    results: list[int] = []
+
+    def helper() -> None:
+        torch.set_num_threads(each)
+        results.append(work())
+
+    helpers = [threading.Thread(target=helper, name=f"kvblend-worker-{i}", daemon=True) for i in range(1, workers)]
+    torch.set_num_threads(each)
+    try:
+        for t in helpers:
+            t.start()
+        results.append(work())
+    except BaseException:
+        interrupted()
+        raise
+    finally:
+        for t in helpers:
+            t.join()
+        torch.set_num_threads(threads)
+    return sum(results)
+
+
 def _finite(x: torch.Tensor) -> bool:
     """No inf or nan in `x` (fp16): one fp32 sum, not an element-wise mask. Exact: a sum of finite fp16 values
     (|x| <= 65504) cannot overflow fp32 at any chunk size, and any inf or nan makes the sum inf or nan."""
@@ -102,7 +135,6 @@ class PrecomputeQueue:
         self._work = work  # computes and stores one chunk's KV
         self._progress = progress
         self.workers = workers
-        self._threads_each = max(1, torch.get_num_threads() // workers)
         self._heap: list[tuple[int, int, ChunkKey]] = []
         self._pending: dict[ChunkKey, tuple[int, Chunk]] = {}  # key -> (priority, chunk)
         self._seq = itertools.count()
@@ -208,40 +240,22 @@ class PrecomputeQueue:
                     self._cv.notify_all()
         return n
 
-    def _worker(self, wait: bool, counts: list[int]) -> None:
-        torch.set_num_threads(self._threads_each)  # this thread's own setting
-        counts.append(self._drain(wait))
+    def _worker(self, threads: int) -> None:
+        torch.set_num_threads(threads)  # this thread's own setting
+        self._drain(wait=True)
 
     def run_pending(self) -> int:
         """Compute everything pending: in this thread, with `workers - 1` helper threads; returns the number of
         chunks computed."""
         with self._cv:
             self._stop = False
-        if self.workers == 1:
-            return self._drain(wait=False)
-        counts: list[int] = []
-        helpers = [
-            threading.Thread(target=self._worker, args=(False, counts), name=f"kvblend-precompute-{i}", daemon=True)
-            for i in range(1, self.workers)
-        ]
-        threads = torch.get_num_threads()
-        torch.set_num_threads(self._threads_each)
-        try:
-            for t in helpers:
-                t.start()
-            counts.append(self._drain(wait=False))
-        except BaseException:  # interrupted: the helpers finish the chunk they hold, then stop
+
+        def interrupted() -> None:  # the helpers finish the chunk they hold, then stop
             with self._cv:
                 self._stop = True
                 self._cv.notify_all()
-            raise
-        finally:
-            for t in helpers:
-                t.join()
-            torch.set_num_threads(threads)
-            with self._cv:
-                self._stop = False
-        return sum(counts)
+
+        return run_on_workers(lambda: self._drain(wait=False), self.workers, interrupted)
 
     # -- background mode ---------------------------------------------------------------------
 
@@ -250,8 +264,9 @@ class PrecomputeQueue:
         if self._threads:
             return
         self._stop = False
+        each = threads_per_worker(self.workers)  # read here: a new thread starts from torch's default
         self._threads = [
-            threading.Thread(target=self._worker, args=(True, []), name=f"kvblend-precompute-{i}", daemon=True)
+            threading.Thread(target=self._worker, args=(each,), name=f"kvblend-precompute-{i}", daemon=True)
             for i in range(self.workers)
         ]
         for t in self._threads:

@@ -8,7 +8,6 @@ import os
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from blend.cacheblend import precompute_chunk
 from blend.loader import load_model
 from indexer import Indexer, IndexerConfig
+from indexer.precompute import run_on_workers
 from indexer.store_disk import DiskStore
 
 
@@ -41,26 +41,19 @@ def bench_index(
         n_tokens = sum(c.n_tokens for c in chunks)
 
         @torch.inference_mode()
-        def prefill_loop(todo, threads: int | None = None) -> None:
-            if threads is not None:
-                torch.set_num_threads(threads)  # this thread's own setting
+        def prefill_loop(todo) -> int:
+            n = 0
             while (t := next(todo, None)) is not None:  # next() on a shared iterator: one chunk each
                 precompute_chunk(lm.model, t, offset=0)
+                n += 1
+            return n
 
         def prefill(n: int) -> float:
-            """The chunks' KV-only prefill on n threads of torch_threads // n each; nothing else."""
-            todo, each = iter(tokens), max(1, torch.get_num_threads() // n)
-            helpers = [threading.Thread(target=prefill_loop, args=(todo, each)) for _ in range(n - 1)]
-            threads = torch.get_num_threads()
+            """The chunks' KV-only prefill on n threads of torch_threads // n each (the indexer's setup); nothing
+            else."""
+            todo = iter(tokens)
             t0 = time.perf_counter()
-            for h in helpers:
-                h.start()
-            try:
-                prefill_loop(todo, each if n > 1 else None)
-            finally:
-                for h in helpers:
-                    h.join()
-                torch.set_num_threads(threads)
+            run_on_workers(lambda: prefill_loop(todo), n)
             _sync(lm.model.device)
             return time.perf_counter() - t0
 

@@ -10,7 +10,7 @@ import torch
 from indexer import Indexer
 from indexer.chunker import Chunk
 from indexer.keys import chunk_key
-from indexer.precompute import PrecomputeQueue, Priority
+from indexer.precompute import PrecomputeQueue, Priority, run_on_workers
 from tests.test_indexer_index import _cfg, lm, make_fixture_repo  # noqa: F401 - lm is a fixture
 
 
@@ -141,3 +141,15 @@ def test_stop_releases_waiters_and_a_request_holds_the_workers():
     left = len(q)
     assert left == len(chunks) - len(started)
     assert q.run_pending() == left and len(q) == 0 and len(started) == len(chunks)  # the rest, in this thread
+
+
+def test_run_on_workers_gives_each_its_share_of_threads_and_restores_the_callers():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        assert run_on_workers(lambda: seen.append(torch.get_num_threads()) or 1, 2) == 2
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+        assert run_on_workers(lambda: seen.append(torch.get_num_threads()) or 5, 1) == 5 and seen[-1] == 2
+    finally:
+        torch.set_num_threads(before)
