@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -116,6 +117,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The tokenizer's own thread pool only competes with the precompute workers, which already use every core:
+    # indexing this repository's indexer/ spent 0.11 s more CPU per run with it (4.31 vs 4.20 s, 10 alternating
+    # runs). Read on every call by `tokenizers`; a value the user set wins.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args, rest = build_parser().parse_known_args(argv)
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

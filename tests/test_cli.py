@@ -1,6 +1,7 @@
 """The `kvblend` command line contract (run as a real subprocess)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -40,6 +41,17 @@ def test_generate_errors_are_clear(hf_checkpoints, tmp_path):
 def test_eval_needs_a_dataset_and_an_out_dir():
     r = _run("eval")
     assert r.returncode == 2 and "--dataset" in r.stderr and "--out" in r.stderr
+
+
+def test_main_runs_the_tokenizer_on_one_thread_unless_the_user_chose(monkeypatch, tmp_path):
+    from kvblend.cli import main
+
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    assert main(["index", str(tmp_path / "missing")]) == 1  # any command
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    main(["index", str(tmp_path / "missing")])
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
 
 
 def test_bench_engine_json_contract(hf_checkpoints):
