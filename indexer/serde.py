@@ -103,6 +103,8 @@ def decode(buf, key: ChunkKey | None = None, shape: tuple[int, int, int] | None 
         n, (L, H, D), tok, length = head["n"], head["shape"], head["tok"], head["len"]
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
         raise CorruptEntry(f"unreadable header: {e}") from None
+    if tok not in ("u2", "i4"):
+        raise CorruptEntry(f"unknown token id type {tok!r}")
     if len(mv) != start + length:
         raise CorruptEntry(f"entry holds {len(mv) - start} payload bytes, its header says {length}")
     if key is not None and head["key"] != key.to_str():
@@ -117,7 +119,7 @@ def decode(buf, key: ChunkKey | None = None, shape: tuple[int, int, int] | None 
     ids = np.frombuffer(mv, dtype="<u2" if tok == "u2" else "<i4", count=n, offset=start)
     tokens = torch.from_numpy(ids.astype(np.int64))
     if n == 0:
-        k = v = torch.zeros(0, dtype=torch.float16)
+        k = v = torch.zeros(L, H, 0, D, dtype=torch.float16)
     else:
         k = torch.frombuffer(mv, dtype=torch.float16, count=kv_elems, offset=start + tok_bytes)
         v = torch.frombuffer(mv, dtype=torch.float16, count=kv_elems, offset=start + tok_bytes + 2 * kv_elems)

@@ -86,6 +86,9 @@ class DiskStore(KVStore):
                 if size == 0:
                     raise serde.CorruptEntry("empty file")
                 if self.use_mmap and size >= self.mmap_min_bytes:
+                    # Read ahead the whole file at once: the checksum pass faults every page in right away, and
+                    # faults alone read a cold file in small pieces (cold load 0.79 -> 1.08x a plain read).
+                    _will_need(fd)
                     buf = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)  # private pages: writable views
                 else:
                     buf = os.read(fd, size)  # below ~256 KiB mapping costs more than copying (page faults, setup)
@@ -105,9 +108,10 @@ class DiskStore(KVStore):
             log.warning("cannot read disk entry %s: %s", key.to_str(), e.strerror)
             return None
         with self._lock:
-            if rel not in self._sizes:
-                self._bytes += size
-            self._sizes[rel] = size
+            known = self._sizes.get(rel)
+            if known != size:
+                self._bytes += size - (known or 0)
+                self._sizes[rel] = size
             self._sizes.move_to_end(rel)
         return kv
 
@@ -193,6 +197,11 @@ class DiskStore(KVStore):
 
     def __len__(self) -> int:
         return len(self._sizes)
+
+
+def _will_need(fd: int) -> None:
+    if hasattr(os, "posix_fadvise"):  # not on macOS or Windows
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
 
 
 def _unlink(path) -> None:

@@ -114,15 +114,20 @@ def bench_index(
         os.sync()
         plain(), load(False)  # page cache warm for both
         plain_s, load_s, cast_s, cold_plain_s, cold_load_s = [], [], [], [], []
-        for _ in range(max(repeats, 9)):  # a pass takes ~10-40 ms: more of them steady the best
-            plain_s.append(plain())
-            load_s.append(load(False))
+        # Adjacent passes, alternating which goes first (as the index pairs): a pass takes ~10-40 ms, and the
+        # ratio of one pair sees one machine state where the two bests may come from different ones.
+        for i in range(max(repeats, 9)):
+            if i % 2:
+                load_s.append(load(False))
+                plain_s.append(plain())
+            else:
+                plain_s.append(plain())
+                load_s.append(load(False))
             cast_s.append(load(True))
-        for _ in range(repeats):
-            evict()
-            cold_plain_s.append(plain())
-            evict()
-            cold_load_s.append(load(False))
+        for i in range(repeats):
+            for first in (plain, lambda: load(False)) if i % 2 else (lambda: load(False), plain):
+                evict()
+                (cold_plain_s if first is plain else cold_load_s).append(first())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     mc = lm.config
@@ -154,11 +159,14 @@ def bench_index(
         "index_overhead_in_run": round(statistics.median(in_run), 4),
         "disk_load_gb_s": round(n_bytes / min(load_s) / 1e9, 3),
         "plain_read_gb_s": round(n_bytes / min(plain_s) / 1e9, 3),
-        "disk_load_vs_read": round(min(plain_s) / min(load_s), 3),  # target >= 0.8
+        "disk_load_vs_read": round(statistics.median(p / x for p, x in zip(plain_s, load_s, strict=True)), 3),  # >= 0.8
+        "disk_load_vs_read_of_bests": round(min(plain_s) / min(load_s), 3),
         "disk_load_model_dtype_gb_s": round(n_bytes / min(cast_s) / 1e9, 3),
         "cold_disk_load_gb_s": round(n_bytes / min(cold_load_s) / 1e9, 3),  # files evicted from the page cache
         "cold_plain_read_gb_s": round(n_bytes / min(cold_plain_s) / 1e9, 3),
-        "cold_disk_load_vs_read": round(min(cold_plain_s) / min(cold_load_s), 3),
+        "cold_disk_load_vs_read": round(
+            statistics.median(p / x for p, x in zip(cold_plain_s, cold_load_s, strict=True)), 3
+        ),
         "bytes_per_token": round(n_bytes / n_tokens, 2),
         "kv_bytes_per_token": expected,  # 2 x layers x kv_heads x head_dim x 2 bytes
         "bytes_per_token_ratio": round(n_bytes / n_tokens / expected, 4),  # target within 1% of 1

@@ -40,7 +40,8 @@ def test_bench_index_json_contract(hf_checkpoints, tmp_path):
              "--repeats", "1")  # fmt: skip
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    for key in ("index_tok_s", "prefill_tok_s", "disk_load_gb_s", "plain_read_gb_s", "bytes_per_token"):
+    for key in ("index_tok_s", "prefill_tok_s", "disk_load_gb_s", "plain_read_gb_s", "bytes_per_token",
+                "disk_load_vs_read", "disk_load_vs_read_of_bests", "cold_disk_load_vs_read"):  # fmt: skip
         assert out[key] > 0, key
     assert len(out["index_overhead_pairs"]) == 1 and out["index_overhead"] == out["index_overhead_pairs"][0]
     assert out["index_overhead_in_run"] > 0  # walking, chunking and writing take some time

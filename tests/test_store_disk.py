@@ -47,7 +47,17 @@ def test_positions_tokens_and_empty_entries():
     shifted = _kv(4, positions=torch.arange(10, 14))
     assert serde.decode(serde.encode(_key(shifted), shifted)).positions.tolist() == [10, 11, 12, 13]
     empty = _kv(0)
-    assert len(serde.decode(serde.encode(_key(empty), empty))) == 0
+    out = serde.decode(serde.encode(_key(empty), empty))
+    assert len(out) == 0 and out.k.shape == out.v.shape == (3, 2, 0, 16)
+
+
+def test_an_unknown_token_type_is_corrupt_even_with_a_valid_checksum(monkeypatch):
+    pack = serde.msgpack.packb
+    monkeypatch.setattr(serde.msgpack, "packb", lambda head: pack({**head, "tok": "u8"}))
+    kv = _kv(6)
+    data = serde.encode(_key(kv), kv)  # the checksum covers the altered header
+    with pytest.raises(serde.CorruptEntry, match="unknown token id type 'u8'"):
+        serde.decode(data, _key(kv), SHAPE)
 
 
 def test_fp16_overflow_is_refused_not_stored_as_inf():
