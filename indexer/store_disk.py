@@ -200,8 +200,12 @@ class DiskStore(KVStore):
 
 
 def _will_need(fd: int) -> None:
+    """Ask the kernel to read the whole file ahead (a hint: where it is refused or missing, nothing changes)."""
     if hasattr(os, "posix_fadvise"):  # not on macOS or Windows
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
 
 
 def _unlink(path) -> None:

@@ -124,10 +124,11 @@ def bench_index(
                 plain_s.append(plain())
                 load_s.append(load(False))
             cast_s.append(load(True))
+        cold = ((plain, cold_plain_s), (lambda: load(False), cold_load_s))
         for i in range(repeats):
-            for first in (plain, lambda: load(False)) if i % 2 else (lambda: load(False), plain):
+            for run, times in cold if i % 2 else cold[::-1]:
                 evict()
-                (cold_plain_s if first is plain else cold_load_s).append(first())
+                times.append(run())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     mc = lm.config

@@ -205,3 +205,20 @@ def test_mmap_entries_are_views_of_the_file(tmp_path):
     out = store.get(_key(kv))
     # zero copy: v sits right after k in the one mapped buffer
     assert out.v.data_ptr() == out.k.data_ptr() + out.k.numel() * 2
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this platform")
+def test_a_refused_read_ahead_hint_does_not_lose_the_entry(tmp_path, monkeypatch):
+    store = DiskStore(tmp_path, 1 << 30, shape=SHAPE, mmap_min_bytes=0)
+    kv = _kv(40)
+    store.put(_key(kv), kv)
+    calls = []
+
+    def refuse(fd, offset, length, advice):
+        calls.append(advice)
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse)
+    out = store.get(_key(kv))
+    assert out is not None and torch.equal(out.k, kv.k.half())
+    assert calls == [os.POSIX_FADV_WILLNEED]  # the hint was asked for, and its refusal ignored
