@@ -9,6 +9,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -73,12 +74,8 @@ def bench_index(
         # by up to 40% between seconds-long runs, which moves a ratio of bests by 10 points).
         prefill_s, index_s, in_run, plain_prefill_s = [], [], [], []
         for i in range(repeats):
-            if i % 2:
-                index_s.append(index(i))
-                prefill_s.append(prefill(n_workers))
-            else:
-                prefill_s.append(prefill(n_workers))
-                index_s.append(index(i))
+            for run, times in _in_turn(i, (partial(prefill, n_workers), prefill_s), (partial(index, i), index_s)):
+                times.append(run())
             plain_prefill_s.append(prefill(1))
 
         disk = DiskStore(cfg.store.disk_dir, cfg.store.disk_bytes, shape=warm.shape)
@@ -117,16 +114,11 @@ def bench_index(
         # Adjacent passes, alternating which goes first (as the index pairs): a pass takes ~10-40 ms, and the
         # ratio of one pair sees one machine state where the two bests may come from different ones.
         for i in range(max(repeats, 9)):
-            if i % 2:
-                load_s.append(load(False))
-                plain_s.append(plain())
-            else:
-                plain_s.append(plain())
-                load_s.append(load(False))
+            for run, times in _in_turn(i, (plain, plain_s), (lambda: load(False), load_s)):
+                times.append(run())
             cast_s.append(load(True))
-        cold = ((plain, cold_plain_s), (lambda: load(False), cold_load_s))
         for i in range(repeats):
-            for run, times in cold if i % 2 else cold[::-1]:
+            for run, times in _in_turn(i, (plain, cold_plain_s), (lambda: load(False), cold_load_s)):
                 evict()
                 times.append(run())
     finally:
@@ -172,6 +164,12 @@ def bench_index(
         "kv_bytes_per_token": expected,  # 2 x layers x kv_heads x head_dim x 2 bytes
         "bytes_per_token_ratio": round(n_bytes / n_tokens / expected, 4),  # target within 1% of 1
     }
+
+
+def _in_turn(i: int, first: tuple, second: tuple) -> tuple:
+    """Round i's two (run, times) in alternating order, the baseline `first` first in even rounds, so that
+    neither side always meets the other's after-effects (writeback, warm caches)."""
+    return (first, second) if i % 2 == 0 else (second, first)
 
 
 def _sync(device: torch.device) -> None:
