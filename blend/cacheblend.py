@@ -126,8 +126,8 @@ def _fill_reused(model: Transformer, i: int, chunks: list[ChunkKV], bounds: list
         k_store[:, start:end].copy_(c.k[i])  # stored precision (fp16) -> the model's
         v_store[:, start:end].copy_(c.v[i])
     if move is not None:
-        n_ctx = bounds[-1]
-        k_store[:, :n_ctx] = rope_rerotate(k_store[:, :n_ctx], move[0], model.inv_freq, angles=move[1])
+        keys = k_store[:, : bounds[-1]]  # [n_kv_heads, n_ctx, head_dim]
+        rope_rerotate(keys, move[0], model.inv_freq, angles=move[1], out=keys)  # in place
 
 
 @torch.inference_mode()
@@ -173,16 +173,19 @@ def blend(
             continue
         _fill_reused(model, i, chunks, bounds, cache, move)
         k_store, v_store = cache.layer(i)
-        q, k, v = model.layer_qkv(i, h, (cos[active], sin[active]))  # q: [heads, n_active, D]
-        if i in cfg.check_layers:
+        if i in cfg.check_layers:  # fresh K/V of every active token; q only for those kept
+            k, v = model.layer_kv(i, h, (cos[active], sin[active]))  # [kv_heads, n_active, D]
             keep = max(0, min(n_ctx, math.ceil(ratios[cfg.check_layers.index(i)] * n_ctx)))
             always = forced[active]  # the prompt and, optionally, chunk starts
             score = kv_deviation(k, k_store[:, active]) + kv_deviation(v, v_store[:, active])  # [n_active]
             score = torch.where(always, torch.inf, score)
             n_keep = min(active.shape[0], keep + int(always.sum()))
             rows = torch.topk(score, n_keep).indices.sort().values  # rows of `active`, position order
-            active, h, q, k, v = active[rows], h[rows], q[:, rows], k[:, rows], v[:, rows]
+            active, h, k, v = active[rows], h[rows], k[:, rows], v[:, rows]
+            q = model.layer_q(i, h, (cos[active], sin[active]))  # [heads, n_kept, D]
             t_check += time.perf_counter() - t_layer
+        else:
+            q, k, v = model.layer_qkv(i, h, (cos[active], sin[active]))  # q: [heads, n_active, D]
         kv_scatter(k_store, k, active)
         kv_scatter(v_store, v, active)
         h = model.layer_finish(i, h, q, active, cache, "selective")

@@ -43,6 +43,21 @@ def test_precompute_skips_the_last_layers_attention_and_mlp_yet_keeps_the_same_k
     assert torch.equal(kv.k, cache.k) and torch.equal(kv.v, cache.v)  # the very same bits
 
 
+@pytest.mark.parametrize("name", ["llama-gqa", "qwen2"])  # qwen2: q/k/v biases
+def test_the_check_layers_k_v_and_kept_q_are_the_fused_projections(models, name):
+    model = models[name]
+    h = torch.randn(23, model.cfg.dim)
+    cos, sin = model.rope_tables(torch.arange(23))
+    q, k, v = model.layer_qkv(1, h, (cos, sin))
+    k2, v2 = model.layer_kv(1, h, (cos, sin))
+    rows = torch.tensor([0, 4, 5, 17, 22])
+    q2 = model.layer_q(1, h[rows], (cos[rows], sin[rows]))
+    assert q2.shape == (model.cfg.n_heads, 5, model.cfg.head_dim) and k2.shape == k.shape
+    torch.testing.assert_close(k2, k, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(v2, v, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(q2, q[:, rows], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["llama-gqa", "qwen2", "mistral-window", "llama-mqa-tied-llama3", "llama-hd24-linear"])
 def test_ratio_one_reproduces_full_prefill(models, name):
     model = models[name]

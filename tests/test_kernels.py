@@ -57,6 +57,39 @@ def test_rope_triton_matches_ref(shape, interleaved, dtype):
     assert not torch.allclose(out.float(), k.float(), atol=1e-2)  # it did rotate
 
 
+@pytest.mark.parametrize("shape", ROPE_SHAPES)
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_rope_in_place_and_into_out_match_ref(shape, interleaved, dtype, impl):
+    n_tokens, head_dim = shape[1], shape[2]
+    k = torch.randn(shape, dtype=dtype)  # [n_heads, n_tokens, head_dim]
+    delta = torch.randint(-5000, 5000, (n_tokens,))
+    f = inv_freq(head_dim)
+    ref = rr.rope_rerotate_ref(k, delta, f, interleaved)
+    out = torch.full_like(k, float("nan"))
+    assert rr.rope_rerotate(k, delta, f, interleaved, impl, out=out) is out
+    torch.testing.assert_close(out, ref, **tol(dtype))
+    same = k.clone()
+    assert rr.rope_rerotate(same, delta, f, interleaved, impl, angles=rr.rerotate_angles(delta, f), out=same) is same
+    torch.testing.assert_close(same, ref, **tol(dtype))
+    wide = torch.randn(shape[0], n_tokens + 5, head_dim + 8, dtype=dtype)  # a view into a bigger cache
+    view = wide[:, 2 : 2 + n_tokens, :head_dim]
+    view.copy_(k)
+    before = wide.clone()
+    rr.rope_rerotate(view, delta, f, interleaved, impl, out=view)
+    torch.testing.assert_close(view, ref, **tol(dtype))
+    outside = torch.ones_like(wide, dtype=torch.bool)
+    outside[:, 2 : 2 + n_tokens, :head_dim] = False
+    assert torch.equal(wide[outside], before[outside])  # nothing around the view was written
+
+
+def test_rope_out_must_match_k():
+    k = torch.randn(2, 5, 24)
+    with pytest.raises(ValueError, match="out must match k"):
+        rr.rope_rerotate(k, torch.arange(5), inv_freq(24), out=torch.empty(2, 5, 24, dtype=torch.float16))
+
+
 def test_rope_ref_is_the_models_formula():
     """Half-split reference == x * cat(cos, cos) + rotate_half(x) * cat(sin, sin), as the model applies RoPE."""
     k = torch.randn(3, 9, 40)

@@ -81,13 +81,16 @@ def rope_rerotate(
     interleaved: bool = False,
     impl: str | None = None,
     angles: tuple[torch.Tensor, torch.Tensor] | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Rotate every token's key by the angle delta[t] * inv_freq[i]; returns a new tensor.
+    """Rotate every token's key by the angle delta[t] * inv_freq[i]; returns a new tensor, or `out`.
 
     k: [n_heads, n_tokens, head_dim] float (head_dim even), delta: [n_tokens] int64 (may be negative),
     inv_freq: [head_dim // 2] fp32. Returns [n_heads, n_tokens, head_dim] in k.dtype.
     `angles`: `rerotate_angles(delta, inv_freq)`, for the torch path when the same delta rotates the keys
     of every layer (the Triton kernel computes its angles in registers and ignores them).
+    `out`: k's shape and dtype, k itself (in place: every value is read before it is written) or memory
+    that does not overlap k. On the torch path an fp32 `out` is rotated without full-size temporaries.
     Triton path falls back to torch when k's last dim is not contiguous or head_dim > MAX_HEAD_DIM.
     """
     check_ndim(3, k=k)
@@ -102,13 +105,16 @@ def rope_rerotate(
         raise ValueError(f"delta must be int64 [{n_tokens}], got {delta.dtype} {tuple(delta.shape)}")
     if inv_freq.dtype != torch.float32 or inv_freq.shape != (head_dim // 2,):
         raise ValueError(f"inv_freq must be fp32 [{head_dim // 2}], got {inv_freq.dtype} {tuple(inv_freq.shape)}")
+    if out is not None and (out.shape != k.shape or out.dtype != k.dtype or out.device != k.device):
+        raise ValueError(f"out must match k: {tuple(out.shape)} {out.dtype} vs {tuple(k.shape)} {k.dtype}")
     if not use_triton(impl, k, delta, inv_freq):
-        return rope_rerotate_ref(k, delta, inv_freq, interleaved, angles)
-    if k.stride(-1) != 1 or head_dim > MAX_HEAD_DIM:
+        return _rerotate_torch(k, delta, inv_freq, interleaved, angles, out)
+    if k.stride(-1) != 1 or head_dim > MAX_HEAD_DIM or (out is not None and out.stride(-1) != 1):
         fall_back("rope_rerotate", f"k strides {k.stride()}, head_dim {head_dim}")
-        return rope_rerotate_ref(k, delta, inv_freq, interleaved, angles)
+        return _rerotate_torch(k, delta, inv_freq, interleaved, angles, out)
 
-    out = torch.empty(k.shape, dtype=k.dtype, device=k.device)  # [n_heads, n_tokens, head_dim]
+    if out is None:
+        out = torch.empty(k.shape, dtype=k.dtype, device=k.device)  # [n_heads, n_tokens, head_dim]
     if out.numel() == 0:
         return out
     grid = (triton.cdiv(n_tokens, BLOCK_T), n_heads)
@@ -127,6 +133,23 @@ def rope_rerotate(
         BLOCK_T=BLOCK_T,
         BLOCK_HALF=triton.next_power_of_2(head_dim // 2),
     )
+    return out
+
+
+def _rerotate_torch(k, delta, inv_freq, interleaved, angles, out) -> torch.Tensor:
+    """The torch path: the reference, or for an fp32 `out` in-place updates of `out` (one half-size temporary
+    instead of the reference's full-size ones; the same values up to fp32 rounding)."""
+    if out is None or out.dtype != torch.float32:
+        rotated = rope_rerotate_ref(k, delta, inv_freq, interleaved, angles)
+        return rotated if out is None else out.copy_(rotated)
+    cos, sin = angles if angles is not None else rerotate_angles(delta, inv_freq)  # [n_tokens, half]
+    if out is not k:
+        out.copy_(k)
+    half = k.shape[-1] // 2
+    x1, x2 = (out[..., 0::2], out[..., 1::2]) if interleaved else (out[..., :half], out[..., half:])
+    x1_sin = x1 * sin  # the one value of x1 still needed once x1 is overwritten
+    x1.mul_(cos).addcmul_(x2, sin, value=-1)  # x1 cos - x2 sin
+    x2.mul_(cos).add_(x1_sin)  # x2 cos + x1 sin
     return out
 
 
