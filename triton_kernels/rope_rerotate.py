@@ -136,7 +136,14 @@ def rope_rerotate(
     return out
 
 
-def _rerotate_torch(k, delta, inv_freq, interleaved, angles, out) -> torch.Tensor:
+def _rerotate_torch(
+    k: torch.Tensor,
+    delta: torch.Tensor,
+    inv_freq: torch.Tensor,
+    interleaved: bool,
+    angles: tuple[torch.Tensor, torch.Tensor] | None,
+    out: torch.Tensor | None,
+) -> torch.Tensor:
     """The torch path: the reference, or for an fp32 `out` in-place updates of `out` (one half-size temporary
     instead of the reference's full-size ones; the same values up to fp32 rounding)."""
     if out is None or out.dtype != torch.float32:
