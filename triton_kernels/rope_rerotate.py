@@ -152,12 +152,20 @@ def _rerotate_torch(
     cos, sin = angles if angles is not None else rerotate_angles(delta, inv_freq)  # [n_tokens, half]
     if out is not k:
         out.copy_(k)
-    half = k.shape[-1] // 2
-    x1, x2 = (out[..., 0::2], out[..., 1::2]) if interleaved else (out[..., :half], out[..., half:])
+    x1, x2 = _pair_halves(out, interleaved)  # views of out
     x1_sin = x1 * sin  # the one value of x1 still needed once x1 is overwritten
     x1.mul_(cos).addcmul_(x2, sin, value=-1)  # x1 cos - x2 sin
     x2.mul_(cos).add_(x1_sin)  # x2 cos + x1 sin
     return out
+
+
+def _pair_halves(x: torch.Tensor, interleaved: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views of the first and second member of every rotation pair of `x: [..., head_dim]` (see the layouts
+    above): [..., head_dim // 2] each."""
+    if interleaved:
+        return x[..., 0::2], x[..., 1::2]
+    half = x.shape[-1] // 2
+    return x[..., :half], x[..., half:]
 
 
 def rerotate_angles(delta: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,11 +185,7 @@ def rope_rerotate_ref(
     """Plain-torch reference of `rope_rerotate` (same shapes, same contract)."""
     cos, sin = angles if angles is not None else rerotate_angles(delta, inv_freq)  # [n_tokens, half]
     x = k.float()  # [n_heads, n_tokens, head_dim]
-    half = k.shape[-1] // 2
-    if interleaved:
-        x1, x2 = x[..., 0::2], x[..., 1::2]  # [n_heads, n_tokens, half] each
-    else:
-        x1, x2 = x[..., :half], x[..., half:]
+    x1, x2 = _pair_halves(x, interleaved)  # [n_heads, n_tokens, half] each
     o1 = x1 * cos - x2 * sin
     o2 = x2 * cos + x1 * sin
     if interleaved:
