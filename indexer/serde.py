@@ -116,18 +116,16 @@ def decode(buf, key: ChunkKey | None = None, shape: tuple[int, int, int] | None 
     kv_elems = L * H * n * D
     if length != tok_bytes + 4 * kv_elems + pad(4 * kv_elems, 8):
         raise CorruptEntry(f"payload of {length} bytes does not fit shape {(L, H, n, D)}")
+    # numpy views, each wrapped once: torch.frombuffer + view per tensor and torch.arange took ~12 us more per
+    # entry right after the checksum pass (caches cold), ~10% of loading an 850 KB entry (disk load 0.89 -> 0.96x
+    # a plain read, in one process)
     ids = np.frombuffer(mv, dtype="<u2" if tok == "u2" else "<i4", count=n, offset=start)
-    tokens = torch.from_numpy(ids.astype(np.int64))
-    if n == 0:
-        k = v = torch.zeros(L, H, 0, D, dtype=torch.float16)
-    else:
-        k = torch.frombuffer(mv, dtype=torch.float16, count=kv_elems, offset=start + tok_bytes)
-        v = torch.frombuffer(mv, dtype=torch.float16, count=kv_elems, offset=start + tok_bytes + 2 * kv_elems)
+    kv = np.frombuffer(mv, dtype="<f2", count=2 * kv_elems, offset=start + tok_bytes).reshape(2, L, H, n, D)
     if "pos" in head:
         positions = torch.tensor(head["pos"], dtype=torch.long)
     else:
-        positions = torch.arange(head["pos0"], head["pos0"] + n)
-    return ChunkKV(tokens, k.view(L, H, n, D), v.view(L, H, n, D), positions)
+        positions = torch.from_numpy(np.arange(head["pos0"], head["pos0"] + n, dtype=np.int64))
+    return ChunkKV(torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(kv[0]), torch.from_numpy(kv[1]), positions)
 
 
 def declared_size(prefix) -> int:
