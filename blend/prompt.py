@@ -57,6 +57,14 @@ def window_end(text: str, cursor: int, max_chars: int) -> int:
     return nl + 1 if nl >= 0 else end
 
 
+def window(text: str, cursor: int, prefix_tokens: int, suffix_tokens: int) -> tuple[int, int]:
+    """[start, end): the characters of `text` around `cursor` that the local prompt may hold."""
+    return (
+        window_start(text, cursor, prefix_tokens * CHARS_PER_TOKEN),
+        window_end(text, cursor, suffix_tokens * CHARS_PER_TOKEN),
+    )
+
+
 def fim_prompt(
     tok: Tokenizer,
     path: str,
@@ -71,8 +79,7 @@ def fim_prompt(
         raise ValueError(f"unknown FIM order {order!r} (expected one of {FIM_ORDERS})")
     if not 0 <= cursor <= len(text):
         raise ValueError(f"cursor {cursor} outside the text (length {len(text)})")
-    start = window_start(text, cursor, prefix_tokens * CHARS_PER_TOKEN)
-    end = window_end(text, cursor, suffix_tokens * CHARS_PER_TOKEN)
+    start, end = window(text, cursor, prefix_tokens, suffix_tokens)
     prefix, suffix = text[start:cursor], text[cursor:end]
     head = tok.encode(f"{FILE_SEP}{path}\n")
     pre = _special_free(tok, prefix)[-prefix_tokens:] if prefix_tokens > 0 else []

@@ -11,14 +11,17 @@ from indexer.secrets import find_secret, is_secret_path, redact_lines
 log = logging.getLogger(__name__)
 
 COMMIT_PREFIX = ".git/commits/"  # the path commit chunks are rendered under: .git/commits/<sha12>
+# A file version bigger than this is not read to look for credentials: its diff is not shown.
+SCAN_BYTES = 1 << 20
 
 
 def commit_texts(root: Path, n_commits: int, diff_lines: int, is_ignored=None) -> list[tuple[str, str]]:
     """[(sha12, text)] for the last `n_commits` of HEAD, newest first; [] outside a git repository.
 
     text: header, message and per file `path | +a -b` with up to `diff_lines` changed lines overall. Files
-    that are secrets (by name or content), binary or ignored (`is_ignored(path) -> bool`) show no lines;
-    any line holding a credential pattern is dropped.
+    that are secrets (by name, or by the content of either version: a hunk inside a private key holds no
+    pattern of its own), binary or ignored (`is_ignored(path) -> bool`) show no lines; any line holding a
+    credential pattern is dropped.
     """
     try:
         import git  # GitPython imports fail where no git binary is installed
@@ -60,6 +63,8 @@ def _summary(git, commit, diff_lines: int, is_ignored) -> str:
             or "\0" in patch
             or (is_ignored is not None and is_ignored(path))
             or find_secret(patch) is not None
+            or _holds_secret(git, d.a_blob)
+            or _holds_secret(git, d.b_blob)
         )
         stats.append(f"{path} | +{plus} -{len(changed) - plus}{' (diff not shown)' if hidden else ''}\n")
         keep = [] if hidden else changed[: max(budget, 0)]
@@ -69,6 +74,19 @@ def _summary(git, commit, diff_lines: int, is_ignored) -> str:
     # every file's stat line first, so a summary cut to fit a chunk still lists what the commit touched
     parts += stats + (["\n"] if excerpts else []) + excerpts
     return redact_lines("".join(parts))
+
+
+def _holds_secret(git, blob) -> bool:
+    """Whether one side of a diff (a GitPython blob, None for an added or deleted file) holds a credential;
+    a version that is too big to scan or cannot be read (a submodule, a missing object) counts as one."""
+    if blob is None:
+        return False
+    try:
+        if blob.size > SCAN_BYTES:
+            return True
+        return find_secret(blob.data_stream.read().decode("utf-8", "replace")) is not None
+    except (ValueError, OSError, git.GitCommandError):
+        return True
 
 
 def commit_chunks(chunker: Chunker, texts: list[tuple[str, str]]) -> list[Chunk]:

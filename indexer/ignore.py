@@ -28,7 +28,9 @@ class Rule:
     base: str  # directory of the ignore file, relative to the workspace ("" = root)
 
 
-def parse_rules(lines: list[str], base: str = "") -> list[Rule]:
+def parse_rules(lines: list[str], base: str = "", source: str = "") -> list[Rule]:
+    """The rules of one ignore file (`source`, for messages). A pattern that does not compile (`[z-a]`) is
+    skipped with a warning: the file's other rules still apply."""
     rules = []
     for raw in lines:
         line = raw.rstrip("\n")
@@ -50,7 +52,12 @@ def parse_rules(lines: list[str], base: str = "") -> list[Rule]:
         regex = glob_to_regex(line)
         if not anchored:
             regex = "(?:.*/)?" + regex
-        rules.append(Rule(re.compile(f"^{regex}$", re.DOTALL), negate, dir_only, base))
+        try:
+            compiled = re.compile(f"^{regex}$", re.DOTALL)
+        except (re.error, ValueError) as e:
+            log.warning("%s: ignoring the pattern %r: %s", source or "ignore rules", raw.rstrip("\n"), e)
+            continue
+        rules.append(Rule(compiled, negate, dir_only, base))
     return rules
 
 
@@ -62,13 +69,13 @@ class IgnoreRules:
         self._builtin = parse_rules(list(builtin))
         self._per_dir: dict[str, list[Rule]] = {}
         extra = root / KVBLEND_IGNORE
-        self._kvblend = parse_rules(_read_lines(extra)) if extra.is_file() else []
+        self._kvblend = parse_rules(_read_lines(extra), source=str(extra)) if extra.is_file() else []
 
     def _dir_rules(self, rel_dir: str) -> list[Rule]:
         rules = self._per_dir.get(rel_dir)
         if rules is None:
             path = self.root / rel_dir / ".gitignore"
-            rules = parse_rules(_read_lines(path), rel_dir) if path.is_file() else []
+            rules = parse_rules(_read_lines(path), rel_dir, str(path)) if path.is_file() else []
             self._per_dir[rel_dir] = rules
         return rules
 

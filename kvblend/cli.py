@@ -153,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # boundary errors (config, checkpoint, input) carry a message for the user
         print(f"kvblend: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # the machine's side (an unusable cache directory, a full disk): one line, no traceback
+        logging.getLogger("kvblend").debug("%s", e, exc_info=True)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"kvblend: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
     return 2
 
 

@@ -50,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
         args.dataset, args.out, args.model, args.device, modes, ratios, args.limit, args.seed, args.cache_dir,
         args.context_tokens, plots=not args.no_plots, engine=args.engine,
     )  # fmt: skip
+    try:  # before any work: a run that cannot write its results is not started
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot write results to {args.out}: {e.strerror}") from None
     bar = Progress()
     try:
         result = evaluate(cfg, bar)

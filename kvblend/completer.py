@@ -27,7 +27,7 @@ from blend import cacheblend
 from blend.cacheblend import BlendConfig, ChunkKV
 from blend.kv_cache import KVCache
 from blend.loader import LoadedModel
-from blend.prompt import fim_prompt, model_fim_order, repo_header
+from blend.prompt import fim_prompt, model_fim_order, repo_header, window
 from blend.sampling import Sampler, SamplingParams
 from blend.tokenizer import FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, REPO_NAME
 from capsule import CapsuleStore, resume_logits
@@ -35,7 +35,7 @@ from capsule.store import common_prefix
 from indexer.chunker import Chunk
 from indexer.indexer import Indexer
 from indexer.retrieval import RetrievalRequest, Retriever
-from indexer.secrets import find_secret, is_secret_path
+from indexer.secrets import is_secret_path, secret_in_span
 from kvblend.capsules import CapsuleKeeper
 from kvblend.engine import Engine, EngineRequest, TorchEngine
 from kvblend.settings import Settings
@@ -143,7 +143,7 @@ class Completer:
         self.stats.count("requests")
         if not 0 <= req.cursor <= len(req.text):
             raise ValueError(f"cursor {req.cursor} outside the document (length {len(req.text)})")
-        if is_secret_path(req.path) or find_secret(req.text[max(0, req.cursor - 4096) : req.cursor + 4096]):
+        if self._secret(req):
             self.stats.count("skipped_secret")
             return Completion("", "skipped", source="none")
         hit = self._lookup(req) if self.settings.result_cache > 0 else None
@@ -170,12 +170,17 @@ class Completer:
     def warm(self, req: CompletionRequest) -> None:
         """Prepare the document's session for a request like `req` (idle warm-up): chunks loaded or computed,
         context blended, local prompt prefilled; the next keystroke then only extends it."""
-        if is_secret_path(req.path):
+        if self._secret(req):
             return
         with self._lock, self._precedence():
             timings: dict[str, float] = {}
             self._prepare(req, timings)
         self.stats.count("warmups")
+
+    def _secret(self, req: CompletionRequest) -> bool:
+        """A secret file, or a local prompt window that would hold a credential: never put into a prompt."""
+        start, end = window(req.text, req.cursor, self.settings.prefix_tokens, self.settings.suffix_tokens)
+        return is_secret_path(req.path) or secret_in_span(req.text, start, end) is not None
 
     def _precedence(self) -> contextlib.AbstractContextManager:
         """Background precompute starts no new chunk while a request runs: its workers and the request's torch

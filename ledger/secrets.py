@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import re
 
-# Basename globs of files that hold credentials by convention.
+# Basename globs of files that hold credentials by convention, matched ignoring case (`.ENV`, `Server.PEM`).
 SECRET_NAMES = (
-    ".env",
-    ".env.*",
+    ".env*",  # .env, .env.local, .env-prod, .envrc (direnv)
     "*.env",
     "*.pem",
     "*.key",

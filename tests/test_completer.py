@@ -169,6 +169,22 @@ def test_secrets_are_never_completed(lm, indexer):
     key = "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n"
     r = c.complete(CompletionRequest("shop/keys.py", key, len(key)))
     assert r.stop_reason == "skipped"
+    r = c.complete(CompletionRequest("shop/.ENV", "API_TOKEN=", 10))  # names in any case
+    assert r.stop_reason == "skipped"
+    # a cursor deep inside a long key block: its BEGIN line lies before the prompt's window, only key lines in it
+    body = "".join(f"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9w{i:04d}\n" for i in range(120))
+    code = "".join(f"value_{i} = {i}\n" for i in range(400))
+    text = "-----BEGIN OPENSSH PRIVATE KEY-----\n" + body + "-----END OPENSSH PRIVATE KEY-----\n" + code
+    cursor = text.index("0100\n")
+    assert cursor > Settings().prefix_tokens * 3  # past any window start at 0
+    req = CompletionRequest("shop/deploy.py", text, cursor)
+    assert c.complete(req).stop_reason == "skipped"
+    sessions = set(c._sessions)
+    c.warm(req)  # the idle warm-up refuses it too: nothing prefilled, no session kept
+    assert c.stats.counters["warmups"] == 0 and set(c._sessions) == sessions
+    # once the window has left the block, the file completes again
+    after = CompletionRequest("shop/deploy.py", text, len(text))
+    assert c.complete(after).stop_reason != "skipped"
 
 
 def test_time_budget_and_bad_cursor(lm, indexer):

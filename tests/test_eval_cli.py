@@ -65,6 +65,11 @@ def test_eval_errors_exit_1(tmp_path, capsys):
     assert "dataset not found" in capsys.readouterr().err
     assert main(["eval", "--dataset", str(FIXTURE), "--modes", "fast", "--out", str(tmp_path / "o")]) == 1
     assert "unknown modes ['fast']" in capsys.readouterr().err
+    taken = tmp_path / "a_file"
+    taken.write_text("kept\n")
+    assert main(["eval", "--dataset", str(FIXTURE), "--out", str(taken)]) == 1  # refused before any work
+    err = capsys.readouterr().err
+    assert "cannot write results to" in err and "Traceback" not in err and taken.read_text() == "kept\n"
 
 
 def test_indexer_without_precompute_computes_chunks_on_first_use(tmp_path):

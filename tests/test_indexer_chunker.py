@@ -81,6 +81,19 @@ def test_ignore_rules_agree_with_git(tmp_path):
     assert ours == git_ignored and "main.py" not in ours and len(ours) >= 8
 
 
+def test_a_pattern_that_does_not_compile_is_skipped(tmp_path, caplog):
+    root = tmp_path / "r"
+    (root / ".kvblend").mkdir(parents=True)
+    (root / ".gitignore").write_text("[z-a]\n*.log\n**/[b-a]*\n")  # git accepts these; no regex range can
+    (root / ".kvblend/ignore").write_text("[!]\ngen/\n")
+    rules = IgnoreRules(root)
+    with caplog.at_level("WARNING"):
+        assert rules.is_ignored("a.log") and rules.is_ignored("gen/x.py") and not rules.is_ignored("main.py")
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert "[z-a]" in warned and "[b-a]" in warned and ".gitignore" in warned
+    assert "'[!]'" in warned and ".kvblend/ignore" in warned
+
+
 def test_secret_detection():
     for p in (".env", ".env.local", "prod.env", "certs/server.pem", "id_rsa", "home/.ssh/id_rsa.pub", "id_ed25519"):
         assert is_secret_path(p), p

@@ -32,6 +32,10 @@ def test_index_json_contract_and_incremental_rerun(hf_checkpoints, tmp_path):
     assert again["engine_seconds"] == 0  # nothing computed again
     bad = _run("index", str(tmp_path / "missing"), "--model", ckpt, "--json")
     assert bad.returncode == 1 and "not a directory" in bad.stderr
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / ".kvblend").write_text("a file where the cache directory would go\n")
+    bad = _run("index", str(tmp_path / "plain"), "--model", ckpt, "--json")
+    assert bad.returncode == 1 and "Not a directory" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_bench_index_json_contract(hf_checkpoints, tmp_path):
