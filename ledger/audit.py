@@ -36,6 +36,26 @@ def record_hash(record: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def parse_record(raw: bytes) -> dict[str, Any] | None:
+    """The record of one raw log line, or None when it is not a UTF-8 JSON object (a damaged line)."""
+    try:
+        rec = json.loads(raw.decode("utf-8"))  # decoded first: json.loads(bytes) would also accept UTF-16/a BOM
+    except (ValueError, RecursionError):  # ValueError includes UnicodeDecodeError; RecursionError: deep nesting
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def is_chained(rec: dict[str, Any]) -> bool:
+    """True when `rec` carries its own hash and a `seq` >= 1 (its link to the previous record is not checked)."""
+    seq = rec.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        return False
+    try:
+        return rec.get("hash") == record_hash(rec)
+    except (ValueError, RecursionError):  # a lone surrogate cannot be encoded; nesting too deep to serialize
+        return False
+
+
 def _last_line(f) -> bytes:
     end = f.seek(0, os.SEEK_END)
     if end == 0:
@@ -65,18 +85,16 @@ class AuditLog:
         size = f.seek(0, os.SEEK_END)
         if self._cached is not None and self._cached[0] == size:
             return self._cached[1], self._cached[2]
-        line = _last_line(f)
-        if not line:
+        if size == 0:
             return GENESIS, 0
-        try:
-            rec = json.loads(line)
-            if rec.get("hash") != record_hash(rec) or not isinstance(rec.get("seq"), int):
-                raise ValueError("hash mismatch")
-        except ValueError:
+        f.seek(size - 1)
+        torn = f.read(1) != b"\n"  # an append would run on in the same line
+        rec = None if torn else parse_record(_last_line(f))
+        if rec is None or not is_chained(rec):
             raise AuditError(
                 f"the last record of {self.path} is damaged; run `kvblend ledger verify-audit "
                 f"{self.path}` and move the file aside to start a new chain"
-            ) from None
+            )
         return rec["hash"], rec["seq"]
 
     def append(self, entry: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +127,7 @@ class AuditLog:
 
 def read_audit(path: str | Path) -> list[dict[str, Any]]:
     """All records of a log (not verified; call `verify_audit` for that)."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", newline="\n") as f:  # lines end at \n only, as in `verify_audit`
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -121,13 +139,10 @@ def verify_audit(path: str | Path) -> tuple[bool, int | None]:
     prev = GENESIS
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
-            try:
-                rec = json.loads(raw)
-            except ValueError:
+            rec = parse_record(raw)
+            if rec is None or not raw.endswith(b"\n"):
                 return False, n
-            if not isinstance(rec, dict) or not raw.endswith(b"\n"):
-                return False, n
-            if rec.get("hash") != record_hash(rec) or rec.get("prev") != prev or rec.get("seq") != n:
+            if not is_chained(rec) or rec.get("prev") != prev or rec["seq"] != n:
                 log.warning("audit log %s: chain broken at line %d", path, n)
                 return False, n
             prev = rec["hash"]

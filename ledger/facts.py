@@ -8,14 +8,14 @@ with their result, and the constraints in force (the policy's rules, one line ea
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ledger.audit import parse_record
 from ledger.config import LedgerConfig
-from ledger.policy import Policy
+from ledger.policy import OPS, Policy
 
 if TYPE_CHECKING:
     from ledger.changes import FileChange
@@ -61,27 +61,63 @@ class Session:
 
     @classmethod
     def from_audit(cls, path: str | Path, session_id: str) -> Session:
-        """The session `session_id` rebuilt from the allowed decisions of an audit log (empty if none)."""
-        from ledger.changes import FileChange
+        """The session `session_id` rebuilt from the allowed decisions of an audit log (empty if none).
 
+        Never raises for a damaged log: lines that are not UTF-8 JSON objects, and allowed decisions whose
+        `changes` are not op/path/new_path/lines of the right types, are skipped with a warning. verify-audit
+        reports the damage, and the gate denies every edit while the last record is damaged or the log cannot
+        be read, so a session keeps what it can read.
+        """
         s = cls(id=session_id)
-        if not Path(path).exists():
+        skipped = 0
+        try:
+            with open(path, "rb") as f:
+                for raw in f:
+                    rec = parse_record(raw)
+                    if rec is not None and (rec.get("session") != session_id or rec.get("decision") != "allow"):
+                        continue
+                    changes = _logged_changes(rec.get("changes")) if rec is not None else None
+                    if changes is None:
+                        skipped += 1
+                        continue
+                    s.record(changes)
+        except FileNotFoundError:
             return s
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue  # verify-audit reports damage; a session keeps what it can read
-                if rec.get("session") != session_id or rec.get("decision") != "allow":
-                    continue
-                s.record(
-                    [
-                        FileChange(c["op"], c["path"], c.get("new_path"), None, None, c["lines"])
-                        for c in rec.get("changes", [])
-                    ]
-                )
+        except OSError as e:
+            log.warning("cannot read audit log %s to rebuild session %s: %s", path, session_id, e.strerror)
+        if skipped:
+            log.warning(
+                "audit log %s: skipped %d damaged line(s) rebuilding session %s; run `kvblend ledger verify-audit`",
+                path,
+                skipped,
+                session_id,
+            )
         return s
+
+
+def _logged_changes(entries: Any) -> list[FileChange] | None:
+    """The changes of an audit record (`op`, `path`, `new_path`, `lines` each), or None when one is malformed."""
+    from ledger.changes import FileChange
+
+    if not isinstance(entries, list):
+        return None
+    out = []
+    for c in entries:
+        if not isinstance(c, dict):
+            return None
+        op, path, new_path, lines = c.get("op"), c.get("path"), c.get("new_path"), c.get("lines")
+        if (
+            op not in OPS
+            or not isinstance(path, str)
+            or (op == "rename") != isinstance(new_path, str)
+            or (new_path is not None and not isinstance(new_path, str))
+            or not isinstance(lines, int)
+            or isinstance(lines, bool)
+            or lines < 0
+        ):
+            return None
+        out.append(FileChange(op, path, new_path, None, None, lines))
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

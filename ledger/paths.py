@@ -99,7 +99,11 @@ class _Glob:
 
 
 class GlobSet:
-    """Gitignore-style patterns; `matches(rel)` for a workspace-relative file path."""
+    """Gitignore-style patterns; `matches(rel)` for a workspace-relative file path.
+
+    Raises ValueError naming the pattern for one that is empty or cannot be compiled (`[z-a]`, `[!]`, a
+    trailing lone backslash), so that a policy reports it instead of failing with `re.error`.
+    """
 
     def __init__(self, patterns: list[str] | tuple[str, ...], ignore_case: bool = False) -> None:
         self.patterns = tuple(patterns)
@@ -114,11 +118,17 @@ class GlobSet:
             pat = pat.rstrip("/")
             if not pat or pat.startswith("#"):
                 raise ValueError(f"empty glob {raw!r}")
+            if (len(pat) - len(pat.rstrip("\\"))) % 2:  # gitignore: a trailing lone backslash never matches
+                raise ValueError(f"invalid glob {raw!r}: ends with an unescaped backslash")
             anchored = "/" in pat
             regex = glob_to_regex(pat.lstrip("/"))
             if not anchored:
                 regex = "(?:.*/)?" + regex
-            self._globs.append(_Glob(re.compile(f"^{regex}$", flags), negate, dir_only))
+            try:
+                compiled = re.compile(f"^{regex}$", flags)
+            except re.error as e:  # e.g. a reversed range `[z-a]`, an unterminated `[!]`
+                raise ValueError(f"invalid glob {raw!r}: {e.msg}") from None
+            self._globs.append(_Glob(compiled, negate, dir_only))
         if self._globs and not any(g.negate for g in self._globs):
             files = "|".join(f"(?:{g.regex.pattern})" for g in self._globs if not g.dir_only) or "(?!)"
             dirs = "|".join(f"(?:{g.regex.pattern})" for g in self._globs)

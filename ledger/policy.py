@@ -80,6 +80,15 @@ def _import_regex(module: str) -> re.Pattern[str]:
     )
 
 
+def _content_regex(pattern: str) -> re.Pattern[str]:
+    """`pattern` compiled as a `content` matcher; ValueError (never re.error) for one Python cannot compile."""
+    try:
+        return re.compile(pattern, re.MULTILINE)
+    # OverflowError: a repeat count too large (`a{4294967296}`); RecursionError: parentheses nested too deep
+    except (re.error, OverflowError, RecursionError) as e:
+        raise ValueError(f"invalid regex {pattern!r}: {e}") from None
+
+
 def _api_regex(api: str) -> re.Pattern[str]:
     # A dotted name matches any reference (`f = os.system` too); a bare name only a call (`eval(`), so that the
     # word in a comment does not trip the rule.
@@ -122,7 +131,7 @@ class Rule:
         ignore_case = self.decision != "allow"
         object.__setattr__(self, "path_globs", GlobSet(self.paths, ignore_case) if self.paths else None)
         object.__setattr__(self, "require_globs", GlobSet(self.requires) if self.requires else None)
-        regexes = [(f"/{p}/", re.compile(p, re.MULTILINE)) for p in self.content]
+        regexes = [(f"/{p}/", _content_regex(p)) for p in self.content]
         for preset in self.content_presets:
             regexes += list(CONTENT_PRESETS[preset].items())
         regexes += [(f"import of {m}", _import_regex(m)) for m in self.forbid_imports]
@@ -314,9 +323,15 @@ def _parse_rule(raw: Any, where: str) -> Rule:
             )
     for pat in kw.get("content", ()):
         try:
-            re.compile(pat)
-        except re.error as e:
-            raise PolicyError(f"{where} field 'content': invalid regex {pat!r}: {e}") from None
+            _content_regex(pat)
+        except ValueError as e:
+            raise PolicyError(f"{where} field 'content': {e}") from None
+    for field in ("paths", "requires"):
+        for glob in kw.get(field, ()):
+            try:
+                GlobSet([glob])
+            except ValueError as e:
+                raise PolicyError(f"{where} field '{field}': {e}") from None
     for field in ("forbid_imports", "forbid_apis"):
         for ident in kw.get(field, ()):
             if not re.fullmatch(r"[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*", ident):
@@ -332,5 +347,5 @@ def _parse_rule(raw: Any, where: str) -> Rule:
     kw["requires_in"] = requires_in
     try:
         return Rule(**kw)
-    except ValueError as e:  # a glob GlobSet refuses (everything else was checked above)
-        raise PolicyError(f"{where} field 'paths'/'requires': {e}") from None
+    except ValueError as e:  # a last resort: every field was checked above
+        raise PolicyError(f"{where}: {e}") from None
