@@ -17,12 +17,16 @@ Check: every byte after the fixed 24, read as little-endian u64 words, by their 
 sum is taken piece by piece as the file streams; every piece starts on an 8-byte boundary so the pieces
 combine exactly. The reserved word is written 0 and not read: files written before held an xor of the words
 there, a second pass that caught nothing more (their sum is the same and still verified).
-A write goes to `<name>.tmp` beside the target and is renamed over it. Any failure raises CapsuleFormatError.
+A write goes to `<name>.tmp` beside the target and is renamed over it. Any failure raises CapsuleFormatError:
+every header field is checked (type, sign) and the sizes it implies must add up to the file's own length
+before anything is allocated, so a damaged header can neither crash a reader nor make it allocate more
+than the file holds.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import struct
 from pathlib import Path
@@ -32,6 +36,7 @@ import numpy as np
 import torch
 
 from blend.checksum import U64, pad, word_sum
+from blend.sampling import SamplingParams
 from capsule.capsule import FORMAT_VERSION, Capsule, CapsuleError
 from capsule.config import SPARE_TOKENS
 from capsule.cow import SharedBuffer
@@ -96,7 +101,7 @@ def write(capsule: Capsule, path: Path, fsync: bool = False) -> int:
     if head["dtype"] not in _DTYPES:
         raise CapsuleError(f"capsule {capsule.id}: KV dtype {head['dtype']} cannot be stored")
     n = capsule.n
-    ids = np.frombuffer(np.array(capsule.tokens, dtype="<i4").tobytes(), dtype=np.uint8)
+    ids = np.array(capsule.tokens, dtype="<i4").view(np.uint8)
     sections: list[list[np.ndarray]] = [[ids], [_bytes_of(capsule.last_logits.float())]]
     if capsule.sampler_state is not None:
         sections.append([_bytes_of(capsule.sampler_state.to(torch.uint8))])
@@ -143,8 +148,87 @@ def write(capsule: Capsule, path: Path, fsync: bool = False) -> int:
     return _FIXED.size + head_block.nbytes + head["len"]
 
 
+_REQUIRED = object()  # `_field` default: the header must hold the key
+_NONE = type(None)
+_MAX_POSITION = 1 << 62  # positions are int64: pos0 + n must stay far from overflow
+
+
+def _field(head: dict, key: str, kinds: tuple[type, ...], default=_REQUIRED):
+    """head[key] if it is one of `kinds` (a bool never counts as an int), `default` when absent."""
+    if key not in head:
+        if default is _REQUIRED:
+            raise CapsuleFormatError(f"header has no {key!r} field")
+        return default
+    value = head[key]
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        want = " or ".join("None" if k is _NONE else k.__name__ for k in kinds)
+        raise CapsuleFormatError(f"header field {key!r} is {value!r:.80}, expected {want}")
+    return value
+
+
+def _count(head: dict, key: str, low: int = 0, optional: bool = False) -> int | None:
+    """An integer field >= `low`; None when `optional` and absent or null."""
+    value = _field(head, key, (int, _NONE) if optional else (int,), None if optional else _REQUIRED)
+    if value is not None and value < low:
+        raise CapsuleFormatError(f"header field {key!r} is {value}, expected >= {low}")
+    return value
+
+
+def _checked(head) -> dict:
+    """Every field of an unpacked header checked (types, signs, version, dtype); absent optional ones filled in.
+
+    Raises CapsuleFormatError naming the first bad field. Sizes are checked against the file by `_read_head`."""
+    if not isinstance(head, dict):
+        raise CapsuleFormatError(f"header is a {type(head).__name__}, not a map")
+    fmt = _field(head, "format", (int,))
+    if fmt != FORMAT_VERSION:
+        raise CapsuleFormatError(f"capsule format {fmt}, this build reads {FORMAT_VERSION}")
+    out = {"format": fmt, "id": _field(head, "id", (str,)), "n": _count(head, "n")}
+    if not out["id"]:
+        raise CapsuleFormatError("header field 'id' is empty")
+    shape = _field(head, "shape", (list,))
+    if len(shape) != 3 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+        raise CapsuleFormatError(f"header field 'shape' is {shape!r:.80}, expected 3 integers >= 1")
+    out["shape"] = shape
+    out["dtype"] = _field(head, "dtype", (str,))
+    if out["dtype"] not in _DTYPES:
+        raise CapsuleFormatError(f"unknown KV dtype {out['dtype']!r:.80}")
+    out["vocab"] = _count(head, "vocab")
+    out["fingerprint"] = _field(head, "fingerprint", (str,))
+    out["uri"] = _field(head, "uri", (str,), "")
+    out["doc_version"] = _field(head, "doc_version", (int, _NONE), None)
+    out["text_hash"] = _field(head, "text_hash", (str,), "")
+    out["parent"] = _field(head, "parent", (str, _NONE), None)
+    out["created"] = _field(head, "created", (int, float), 0.0)
+    if not math.isfinite(out["created"]):
+        raise CapsuleFormatError(f"header field 'created' is {out['created']}, expected a finite time")
+    out["sampling"] = _field(head, "sampling", (dict, _NONE), None)
+    if out["sampling"] is not None:
+        try:
+            SamplingParams(**out["sampling"])
+        except (TypeError, ValueError) as e:
+            raise CapsuleFormatError(f"header field 'sampling' is {out['sampling']!r:.80}: {e}") from None
+    out["sampler_bytes"] = _count(head, "sampler_bytes", optional=True)
+    out["pos0"] = _count(head, "pos0", low=-_MAX_POSITION, optional=True)
+    if out["pos0"] is not None and out["pos0"] + out["n"] > _MAX_POSITION:
+        raise CapsuleFormatError(f"header field 'pos0' is {out['pos0']}: positions would overflow int64")
+    out["len"] = _count(head, "len")
+    return out
+
+
+def _payload_bytes(head: dict) -> int:
+    """The payload length a checked header's fields call for (each section padded to 8, as `write` lays it out)."""
+    n, (L, H, D), vocab = head["n"], head["shape"], head["vocab"]
+    kv = L * H * n * D * _DTYPES[head["dtype"]].itemsize  # k or v: [n_layers, n_kv_heads, n, head_dim]
+    sections = [4 * n, 4 * vocab, head["sampler_bytes"] or 0, 0 if head["pos0"] is not None else 8 * n, kv, kv]
+    return sum(s + pad(s, 8) for s in sections)
+
+
 def _read_head(f, size: int) -> tuple[dict, bytes, int, int]:
-    """(header, header block bytes, sum, payload start) from an open file of `size` bytes."""
+    """(checked header, header block bytes, sum, payload start) from an open file of `size` bytes.
+
+    Everything the header says is checked against the file's size here, so a reader allocates nothing
+    larger than the file however the header was damaged."""
     fixed = f.read(_FIXED.size)
     if len(fixed) < _FIXED.size:
         raise CapsuleFormatError(f"file of {size} bytes is truncated")
@@ -155,27 +239,31 @@ def _read_head(f, size: int) -> tuple[dict, bytes, int, int]:
     if start > size:
         raise CapsuleFormatError(f"header of {hlen} bytes in a file of {size}")
     block = f.read(start - _FIXED.size)
+    if len(block) != start - _FIXED.size:
+        raise CapsuleFormatError("file truncated inside the header")
     try:
         head = msgpack.unpackb(block[:hlen])
-        fmt, n, (L, H, D), length = head["format"], head["n"], head["shape"], head["len"]
-        int(n), int(L), int(H), int(D), int(length), head["fingerprint"], head["vocab"], head["dtype"]
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
         raise CapsuleFormatError(f"unreadable header: {e}") from None
-    if fmt != FORMAT_VERSION:
-        raise CapsuleFormatError(f"capsule format {fmt}, this build reads {FORMAT_VERSION}")
-    if head["dtype"] not in _DTYPES:
-        raise CapsuleFormatError(f"unknown KV dtype {head['dtype']!r}")
+    head = _checked(head)
+    length = head["len"]
     if size != start + length:
         raise CapsuleFormatError(f"file holds {size - start} payload bytes, its header says {length} (truncated?)")
+    need = _payload_bytes(head)
+    if length != need:
+        raise CapsuleFormatError(f"header says {length} payload bytes, its n, shape, vocab and sections need {need}")
     return head, block, s, start
 
 
 def read_info(path: Path) -> tuple[dict, list[int]]:
-    """Header and token ids of a capsule file, without reading (or verifying) its KV."""
+    """Checked header and token ids of a capsule file, without reading (or verifying the sum of) its KV."""
     path = Path(path)
-    with open(path, "rb") as f:
-        head, _, _, _ = _read_head(f, os.fstat(f.fileno()).st_size)
-        ids = np.frombuffer(f.read(4 * head["n"]), dtype="<i4")
+    try:
+        with open(path, "rb") as f:
+            head, _, _, _ = _read_head(f, os.fstat(f.fileno()).st_size)
+            ids = np.frombuffer(f.read(4 * head["n"]), dtype="<i4")
+    except OSError as e:
+        raise CapsuleFormatError(f"cannot read {path}: {e.strerror}") from None
     if ids.size != head["n"]:
         raise CapsuleFormatError(f"{path}: token section truncated")
     return head, ids.tolist()
@@ -194,7 +282,7 @@ def read(path: Path, spare_tokens: int = SPARE_TOKENS, device: torch.device | st
 def _read(f, size: int, spare: int, device) -> Capsule:
     head, block, s, _ = _read_head(f, size)
     check = _Check()
-    check.add(np.frombuffer(block, dtype=np.uint8))
+    check.add(np.frombuffer(bytearray(block), dtype=np.uint8))  # writable: torch warns on read-only arrays
     n, (L, H, D), vocab = head["n"], head["shape"], head["vocab"]
     dtype = _DTYPES[head["dtype"]]
 
@@ -206,18 +294,18 @@ def _read(f, size: int, spare: int, device) -> Capsule:
         tail = mv.nbytes % 8
         if tail:
             rest = bytes(mv[mv.nbytes - tail :]) + f.read(8 - tail)
-            check.add(np.frombuffer(rest, dtype=np.uint8))
+            check.add(np.frombuffer(bytearray(rest), dtype=np.uint8))
 
     ids = torch.empty(n, dtype=torch.int32)
     into(ids)
     logits = torch.empty(vocab, dtype=torch.float32)
     into(logits)
     state = None
-    if head.get("sampler_bytes") is not None:
+    if head["sampler_bytes"] is not None:
         state = torch.empty(head["sampler_bytes"], dtype=torch.uint8)
         into(state)
     buf = SharedBuffer.empty(L, H, D, n, spare, dtype, "cpu")
-    if "pos0" in head:
+    if head["pos0"] is not None:
         buf.pos_all[:n] = torch.arange(head["pos0"], head["pos0"] + n)
     else:
         into(buf.pos_all[:n])
@@ -237,9 +325,8 @@ def _read(f, size: int, spare: int, device) -> Capsule:
         buf = SharedBuffer(buf.k_all.to(device), buf.v_all.to(device), buf.pos_all.to(device), n)
     try:
         return Capsule(
-            ids.long().tolist(), buf, logits, head["fingerprint"], state, head.get("sampling"), head.get("uri", ""),
-            head.get("doc_version"), head.get("text_hash", ""), head.get("parent"), head.get("created", 0.0),
-            head["id"], head["format"],
+            ids.long().tolist(), buf, logits, head["fingerprint"], state, head["sampling"], head["uri"],
+            head["doc_version"], head["text_hash"], head["parent"], head["created"], head["id"], head["format"],
         )  # fmt: skip
     except (TypeError, AssertionError) as e:
         raise CapsuleFormatError(f"inconsistent header: {e}") from None

@@ -3,8 +3,10 @@
 Every capsule the store knows is indexed in memory by its metadata and token ids (not its KV), so
 `longest_prefix` and `by_text_hash` consider spilled capsules too and load only the one they return.
 Disk layout: <disk_dir>/<id>.capsule in the format of `capsule.serde`. A file that fails verification on
-load is logged, deleted and reported as a miss: it is never served. A capsule of another model's
-fingerprint is never returned by the searches and is refused by `get`.
+load is logged, deleted and reported as a miss: it is never served. So is a file whose header fails (or does
+not name the file's id) when a store starts; `scan_dir`, `list_dir` and `verify_dir` inspect a directory
+without changing it. A capsule of another model's fingerprint is never returned by the searches and is
+refused by `get`.
 """
 
 from __future__ import annotations
@@ -85,31 +87,27 @@ class CapsuleStore:
         return self.config.disk_dir / f"{cid}{serde.SUFFIX}"
 
     def _scan(self) -> None:
-        found, now = [], time.time()
+        """Index the disk tier; delete the temporary files of dead writers and the capsule files that fail."""
+        now = time.time()
         for p in self.config.disk_dir.iterdir():
             if p.name.endswith(".tmp"):
-                if now - p.stat().st_mtime > _STALE_TMP_S:
-                    p.unlink(missing_ok=True)
-                continue
-            if p.suffix != serde.SUFFIX:
-                continue
+                try:
+                    if now - p.lstat().st_mtime > _STALE_TMP_S:
+                        p.unlink(missing_ok=True)
+                except OSError as e:
+                    log.warning("cannot delete stale temporary file %s: %s", p, e.strerror)
+        entries, damaged = scan_dir(self.config.disk_dir)
+        for p, err in damaged:
+            log.warning("dropping unreadable capsule file %s: %s", p, err)
+            self.dropped_corrupt += 1
             try:
-                head, tokens = serde.read_info(p)
-            except (CapsuleError, OSError) as e:
-                log.warning("dropping unreadable capsule file %s: %s", p, e)
                 p.unlink(missing_ok=True)
-                self.dropped_corrupt += 1
-                continue
-            found.append((p.stat().st_mtime, head, tokens, p.stat().st_size))
-        for _, head, tokens, size in sorted(found, key=lambda f: f[0]):
-            e = _Entry(
-                head["id"], head.get("uri", ""), head.get("text_hash", ""), head.get("doc_version"),
-                head["fingerprint"], head.get("parent"), head.get("created", 0.0), np.asarray(tokens, np.int32),
-                0, size,
-            )  # fmt: skip
+            except OSError as e:  # a directory named *.capsule, a read-only directory: skipped, left alone
+                log.warning("cannot delete %s: %s", p, e.strerror)
+        for e in entries:
             self._index[e.id] = e
-            self._disk[e.id] = size
-            self._disk_bytes += size
+            self._disk[e.id] = e.disk_bytes
+            self._disk_bytes += e.disk_bytes
         self._evict_disk()
 
     def _write(self, c: Capsule) -> bool:
@@ -320,13 +318,59 @@ class CapsuleStore:
         return len(self._index)
 
 
+def _misnamed(path: Path, cid: str) -> str | None:
+    """Why the file at `path` cannot be capsule `cid`'s (the store finds a capsule by its id), or None."""
+    if path.name != f"{cid}{serde.SUFFIX}":
+        return f"holds capsule {cid!r:.80}, not the one its file name says"
+    return None
+
+
+def scan_dir(directory: Path) -> tuple[list[_Entry], list[tuple[Path, str]]]:
+    """Index every capsule file in `directory` by its header and token ids, oldest file first. Reads only.
+
+    Returns (entries, damaged): damaged holds (path, reason) for every *.capsule that is not a capsule file with
+    a sound header named after its id. Neither the KV nor the sum is read: `CapsuleStore.get` verifies a file
+    when it loads it, `verify_dir` reads them all.
+    """
+    found, damaged = [], []
+    for p in Path(directory).iterdir():
+        if p.suffix != serde.SUFFIX:
+            continue
+        try:
+            head, tokens = serde.read_info(p)
+            st = p.stat()
+        except CapsuleError as e:
+            damaged.append((p, str(e)))
+            continue
+        except OSError as e:
+            damaged.append((p, f"cannot read {p}: {e.strerror}"))
+            continue
+        err = _misnamed(p, head["id"])
+        if err is not None:
+            damaged.append((p, err))
+            continue
+        e = _Entry(
+            head["id"], head["uri"], head["text_hash"], head["doc_version"], head["fingerprint"], head["parent"],
+            head["created"], np.asarray(tokens, np.int32), 0, st.st_size,
+        )  # fmt: skip
+        found.append((st.st_mtime, e))
+    found.sort(key=lambda f: f[0])
+    return [e for _, e in found], sorted(damaged)
+
+
+def list_dir(directory: Path, uri: str | None = None) -> tuple[list[dict], list[tuple[Path, str]]]:
+    """What `CapsuleStore.list` shows of the capsules in `directory` (of `uri`) and its damaged files; reads only."""
+    entries, damaged = scan_dir(directory)
+    infos = [e.info("disk") for e in sorted(entries, key=lambda e: e.created) if uri is None or e.uri == uri]
+    return infos, damaged
+
+
 def verify_dir(directory: Path) -> list[tuple[Path, str | None]]:
-    """Fully read and verify every capsule file in `directory`: (path, None if sound else the error)."""
+    """Fully read and verify every capsule file in `directory`: (path, None if sound else the error). Reads only."""
     out = []
     for p in sorted(Path(directory).glob(f"*{serde.SUFFIX}")):
         try:
-            serde.read(p, spare_tokens=0)
-            out.append((p, None))
+            out.append((p, _misnamed(p, serde.read(p, spare_tokens=0).id)))
         except CapsuleError as e:
             out.append((p, str(e)))
     return out

@@ -46,26 +46,37 @@ def run(args: argparse.Namespace) -> int:
     return {"list": _list, "show": _show, "drop": _drop, "verify": _verify}[args.capsule_command](args)
 
 
-def _store(directory: Path):
-    from capsule import CapsuleConfig, CapsuleStore
+def _infos(args: argparse.Namespace, uri: str | None = None) -> list[dict]:
+    """The capsules in --dir (of `uri`), oldest first; one line on stderr per damaged file. Inspecting never
+    deletes: not even a damaged file (`verify --delete` does), unlike a server's store starting on the directory."""
+    from capsule.store import list_dir
 
-    # memory_bytes=0: nothing is loaded into RAM; disk_bytes unbounded: inspecting never deletes.
-    return CapsuleStore(CapsuleConfig(memory_bytes=0, disk_dir=directory, disk_bytes=1 << 62))
+    infos, damaged = list_dir(args.dir, uri)
+    for p, err in damaged:
+        print(f"kvblend: skipped damaged capsule file {p.name}: {err}", file=sys.stderr)
+    return infos
+
+
+def _when(created: float) -> str:
+    try:
+        return datetime.datetime.fromtimestamp(created).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):  # a time past the platform's range: shown as it is
+        return str(created)
 
 
 def _list(args: argparse.Namespace) -> int:
-    infos = _store(args.dir).list(args.uri)
+    infos = _infos(args, args.uri)
     if args.json:
         print(json.dumps(infos))
         return 0
     for i in infos:
-        when = datetime.datetime.fromtimestamp(i["created"]).isoformat(timespec="seconds")
+        when = _when(i["created"])
         print(f"{i['id']}  {i['n_tokens']:>6} tok  {i['disk_bytes']:>11} B  {when}  v{i['doc_version']}  {i['uri']}")
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    info = next((i for i in _store(args.dir).list() if i["id"] == args.id), None)
+    info = next((i for i in _infos(args) if i["id"] == args.id), None)
     if info is None:
         print(f"kvblend: no capsule {args.id} in {args.dir}", file=sys.stderr)
         return 1
@@ -78,9 +89,12 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _drop(args: argparse.Namespace) -> int:
-    if not _store(args.dir).drop(args.id):
+    from capsule.serde import SUFFIX
+
+    if not any(i["id"] == args.id for i in _infos(args)):
         print(f"kvblend: no capsule {args.id} in {args.dir}", file=sys.stderr)
         return 1
+    (args.dir / f"{args.id}{SUFFIX}").unlink(missing_ok=True)  # the listed capsules are named after their ids
     print(json.dumps({"dropped": args.id}) if args.json else f"dropped {args.id}")
     return 0
 
@@ -89,15 +103,24 @@ def _verify(args: argparse.Namespace) -> int:
     from capsule.store import verify_dir
 
     results = verify_dir(args.dir)
-    bad = [(p, err) for p, err in results if err is not None]
+    bad = {p: err for p, err in results if err is not None}
+    kept = {}  # damaged files --delete could not remove (a directory named *.capsule, no permission)
     if args.delete:
-        for p, _ in bad:
-            p.unlink(missing_ok=True)
+        for p in bad:
+            try:
+                p.unlink(missing_ok=True)
+            except OSError as e:
+                kept[p] = e.strerror or str(e)
     if args.json:
-        print(json.dumps({"files": len(results), "damaged": {p.name: err for p, err in bad}, "deleted": args.delete}))
+        out = {"files": len(results), "damaged": {p.name: err for p, err in bad.items()}, "deleted": args.delete}
+        if kept:
+            out["not_deleted"] = {p.name: why for p, why in kept.items()}
+        print(json.dumps(out))
     else:
         for p, err in results:
             print(f"{'ok' if err is None else 'DAMAGED'}  {p.name}{'' if err is None else '  ' + err}")
+        for p, why in kept.items():
+            print(f"kvblend: cannot delete {p.name}: {why}", file=sys.stderr)
     return 1 if bad else 0
 
 

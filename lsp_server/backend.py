@@ -121,8 +121,21 @@ class Backend:
                 log.exception("engine %s failed to start", self.options.engine)
                 self.show(types.MessageType.Warning, f"kvblend: engine {self.options.engine} unavailable ({e}); "
                                                      "serving with the torch engine")  # fmt: skip
-        capsules = self._make_capsules() if engine is None else None  # capsules hold our engine's KV
-        self.completer = Completer(lm, self.settings, indexer, capsules, engine)
+        capsules = None
+        if engine is None:  # capsules hold our engine's KV
+            try:
+                capsules = self._make_capsules()
+            except Exception as e:  # whatever is in the capsule directory must not stop completions
+                log.exception("capsule store failed to start")
+                self.show(types.MessageType.Warning, f"kvblend: capsules off: {e}")
+        try:
+            self.completer = Completer(lm, self.settings, indexer, capsules, engine)
+        except Exception as e:  # requests wait on `loaded`: it must be set, here with the error
+            log.exception("completer failed to start")
+            self.loaded.set_exception(e)
+            self.send_status(methods.StatusParams("error", f"completer failed to start: {e}"))
+            self.show(types.MessageType.Error, f"kvblend: cannot start completions: {e}")
+            return
         self.loaded.set_result(self.completer)
         if indexer is None:
             self.send_status(methods.StatusParams("ready", "no workspace index"))
