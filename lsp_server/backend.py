@@ -402,9 +402,14 @@ class Backend:
                     )
                 except ValueError:
                     pass  # no live session for that document: nothing to keep
-        result = await self.server.workspace_apply_edit_async(
-            types.ApplyWorkspaceEditParams(edit=edit, label=params.get("label") or "kvblend agent edit")
-        )
+        try:
+            result = await self.server.workspace_apply_edit_async(
+                types.ApplyWorkspaceEditParams(edit=edit, label=params.get("label") or "kvblend agent edit")
+            )
+        except Exception as e:  # an error response, or one that is no ApplyWorkspaceEditResult (null)
+            log.warning("workspace/applyEdit failed: %s", e)
+            out["failureReason"] = f"the client did not answer workspace/applyEdit with a result: {e}"
+            return out
         out["applied"] = bool(result.applied)
         if not result.applied:
             out["failureReason"] = result.failure_reason or "the client did not apply the edit"

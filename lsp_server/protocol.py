@@ -1,19 +1,28 @@
-"""The JSON-RPC protocol with two changes to pygls':
+"""The JSON-RPC protocol with these changes to pygls':
 
 - a request whose params do not match its method's type gets an InvalidParams error response (pygls raises
   while decoding such a message, before any handler exists to answer it, so the client would wait forever);
+  such a notification is logged and ignored (pygls would show the user "Error in server");
+- a client's response that does not match its request's result type (`null` for workspace/applyEdit) fails
+  the request waiting for it (pygls would leave it waiting forever);
+- `textDocument/didChange` for a document that is not open is logged and ignored (pygls raises KeyError);
 - kvblend's own methods (`kvblend/...`) get their params as plain JSON (dicts and lists): pygls would turn
-  them into namedtuples, which mangle keys that are not identifiers (the URIs of a WorkspaceEdit's changes).
+  them into namedtuples, which mangle keys that are not identifiers (the URIs of a WorkspaceEdit's changes);
+- `send_error` answers with `"id": null` when a message's id is unknown (transport.py: parse errors).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
 from typing import Any
+from urllib.parse import unquote
 
 import attrs
-from pygls.exceptions import JsonRpcException
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException, JsonRpcInternalError
 from pygls.protocol import LanguageServerProtocol
+from pygls.protocol.language_server import lsp_method
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +61,30 @@ class KvblendProtocol(LanguageServerProtocol):
                 exc.message = f"invalid params for {data['method']}"
                 self._send_response(data["id"], error=exc.to_response_error())
                 return _Answered()
+            if "method" in data:
+                log.warning("malformed %s notification ignored: %s", data["method"], exc.__cause__ or exc)
+                return _Answered()
+            if "id" in data and "error" not in data:
+                result = repr(data.get("result"))[:200]
+                log.warning("the client's response to %r does not match its result type: %s", data["id"], result)
+                error = JsonRpcInternalError(f"invalid response from the client: {result}")
+                return types.ResponseErrorMessage(id=data["id"], error=error.to_response_error())
             raise
 
     def handle_message(self, message):
         if isinstance(message, _Answered):
             return
         super().handle_message(message)
+
+    def send_error(self, msg_id: int | str | None, error: JsonRpcException) -> None:
+        """An error response; `msg_id` None is sent as `"id": null` (pygls' message type would leave it out)."""
+        error_json = {"code": error.code, "message": error.message}
+        self._send_data({"jsonrpc": self.VERSION, "id": msg_id, "error": error_json})
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams) -> Generator:
+        uri = params.text_document.uri
+        if unquote(uri) not in self.workspace.text_documents:  # the workspace's own key
+            log.warning("didChange for %s, which is not open: ignored", uri)
+            return
+        yield from super().lsp_text_document__did_change(params)

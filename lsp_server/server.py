@@ -1,16 +1,16 @@
 """The kvblend language server: typed, decorated handlers only (state and work live in `backend.py`,
-conversions in `convert.py`, custom method types in `methods.py`)."""
+conversions in `convert.py`, custom method types in `methods.py`, the reader loop in `transport.py`)."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, BinaryIO
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
 from kvblend import __version__
-from lsp_server import methods
+from lsp_server import methods, transport
 from lsp_server.backend import Backend, ServerOptions
 from lsp_server.convert import (
     lsp_change_cursor,
@@ -30,6 +30,12 @@ class KvblendServer(LanguageServer):
             protocol_cls=KvblendProtocol,
         )  # fmt: skip
         self.backend = Backend(self, options or ServerOptions())
+
+    def start_io(self, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
+        transport.start_io(self, stdin, stdout)  # kvblend's reader loop in place of pygls' (transport.py)
+
+    def start_tcp(self, host: str, port: int) -> None:
+        transport.start_tcp(self, host, port)
 
 
 def build_server(options: ServerOptions | None = None) -> KvblendServer:
