@@ -34,15 +34,25 @@ def commit_texts(root: Path, n_commits: int, diff_lines: int, is_ignored=None) -
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
         return []
     except git.GitCommandError as e:
-        log.warning("cannot read git history of %s: %s", root, e)
+        log.warning("cannot read git history of %s: %s", root, _first_line(e))
         return []
     out = []
     for c in commits:
         try:
             out.append((c.hexsha[:12], _summary(git, c, diff_lines, is_ignored)))
         except (git.GitCommandError, ValueError) as e:
-            log.warning("commit %s not indexed: %s", c.hexsha[:12], e)
+            log.warning("commit %s not indexed: %s", c.hexsha[:12], _first_line(e))
     return out
+
+
+def _first_line(e: Exception) -> str:
+    """One line for a warning: git's first line of stderr (GitPython's message spans the command line and all
+    of git's stderr), else the message's first line."""
+    stderr = [ln.strip() for ln in str(getattr(e, "stderr", None) or "").splitlines() if ln.strip()]
+    if stderr:
+        return stderr[0].removeprefix("stderr:").strip(" '")
+    message = str(e).strip()
+    return message.splitlines()[0] if message else type(e).__name__
 
 
 def _summary(git, commit, diff_lines: int, is_ignored) -> str:

@@ -59,3 +59,24 @@ def test_commit_summaries_hide_changes_inside_a_key(tmp_path):
         assert "ROTATED" not in text and not any(line in text for line in KEY_LINES)
     newest = next(iter(texts.values()))
     assert "+x = 2" in newest and "-x = 1" in newest  # other files keep their diff
+
+
+def test_a_corrupt_object_is_one_warning_line(tmp_path, caplog):
+    git = pytest.importorskip("git")
+    repo = git.Repo.init(tmp_path)
+    with repo.config_writer() as cw:
+        cw.set_value("user", "name", "Fixture Author")
+        cw.set_value("user", "email", "fixture@example.com")
+    for i in range(2):
+        (tmp_path / "app.py").write_text(f"x = {i}\n")
+        repo.index.add(["app.py"])
+        repo.index.commit(f"Commit {i}")
+    blob = repo.head.commit.tree["app.py"].hexsha
+    obj = tmp_path / ".git" / "objects" / blob[:2] / blob[2:]
+    obj.chmod(0o644)
+    obj.write_bytes(b"not a zlib stream")
+    with caplog.at_level("WARNING"):
+        texts = commit_texts(tmp_path, 5, 50)
+    assert len(texts) == 1  # the older commit still indexed
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings and all("\n" not in w for w in warnings), warnings
