@@ -70,6 +70,7 @@ class Backend:
         self._progress_token = "kvblend-indexing"
         self._last_progress = 0.0
         self._progress_active = False
+        self._indexed = False  # the first index finished: later progress (edits, the watcher) ends in "ready"
         self._gate = None
         self._gate_stamp = None
 
@@ -199,7 +200,7 @@ class Backend:
             stats = idx.index()
             msg = f"indexed {stats.files} files, {stats.chunks} chunks"
             self._post(self._end_progress, msg)
-            self._post(self.send_status, methods.StatusParams("ready", msg))
+            self._post(self._ready, msg)
             if self.options.watch:
                 from indexer.watcher import Watcher
 
@@ -243,7 +244,14 @@ class Backend:
         self._last_progress = now
         self._post(self._report_progress, p.done, p.total)
 
+    def _ready(self, message: str) -> None:
+        self._indexed = True
+        self.send_status(methods.StatusParams("ready", message))
+
     def _report_progress(self, done: int, total: int) -> None:
+        if self._indexed and done >= total:  # an update after the first index is done
+            self.send_status(methods.StatusParams("ready", f"index up to date ({done} chunks recomputed)"))
+            return
         self.send_status(methods.StatusParams("indexing", f"{done}/{total} chunks", done, total))
         if self._progress_active:
             pct = int(100 * done / total) if total else 100

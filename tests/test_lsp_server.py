@@ -330,6 +330,7 @@ async def test_idle_warmup_prepares_the_next_request(client: LanguageClient):
 
 async def test_watched_file_changes_reach_the_index(client: LanguageClient):
     before = (await stats(client))["stores"]["index_chunks"]
+    seen = len(client.statuses)
     new = client.root / "geometry" / "circles.py"
     new.write_text('"""Circles."""\n\n\ndef circle_circumference(radius):\n    return 2 * 3.14159 * radius\n')
     client.workspace_did_change_watched_files(
@@ -341,3 +342,9 @@ async def test_watched_file_changes_reach_the_index(client: LanguageClient):
     while (await stats(client))["stores"]["index_chunks"] <= before:
         assert time.monotonic() - t0 < 30, "the new file never reached the index"
         await asyncio.sleep(0.1)
+    # the update reports its progress and ends at ready (it stayed at "indexing 1/1" before)
+    while len(client.statuses) == seen:
+        assert time.monotonic() - t0 < 30, "the update reported no progress"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # a last report is sent when the queue is empty
+    assert client.statuses[-1].state == "ready" and (await stats(client))["status"]["state"] == "ready"
