@@ -7,6 +7,8 @@ from pathlib import Path
 
 # Tiers a store can be built from, fastest first (the order `TieredStore` reads them in).
 TIERS = ("memory", "disk", "redis")
+# Precompute threads at most: each holds a model forward's activations, and a worker per core is the default.
+MAX_WORKERS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +71,8 @@ class IndexerConfig:
         object.__setattr__(self, "root", root)
         if not root.is_dir():
             raise ValueError(f"workspace is not a directory: {root}")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0 (0: automatic), got {self.workers}")
+        if not 0 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be in [0, {MAX_WORKERS}] (0: automatic), got {self.workers}")
         if self.max_chunk_tokens < 16 or self.min_chunk_tokens >= self.max_chunk_tokens:
             raise ValueError(f"need 16 <= min_chunk_tokens < max_chunk_tokens, got {self.min_chunk_tokens}, "
                              f"{self.max_chunk_tokens}")  # fmt: skip

@@ -270,7 +270,12 @@ class PrecomputeQueue:
             for i in range(self.workers)
         ]
         for t in self._threads:
-            t.start()
+            try:
+                t.start()
+            except RuntimeError:  # the system's thread limit: stop the ones running, keep the error
+                self._threads = [s for s in self._threads if s.ident is not None]
+                self.stop()
+                raise
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until nothing is pending or running (background mode), or until `stop`; False on timeout or when

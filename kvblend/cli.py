@@ -166,6 +166,9 @@ def _generate(args: argparse.Namespace) -> int:
     from blend.loader import load_model
     from blend.sampling import Sampler, SamplingParams
 
+    params = SamplingParams(args.temperature, args.top_p, args.seed)  # checked before the model loads
+    if args.max_tokens < 1:
+        raise ValueError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     try:
         prompt = args.prompt_file.read_text(encoding="utf-8")
     except OSError as e:
@@ -176,7 +179,13 @@ def _generate(args: argparse.Namespace) -> int:
     ids = lm.tokenizer.encode(prompt)
     if not ids:
         raise ValueError(f"prompt file {args.prompt_file} is empty")
-    sampler = Sampler(SamplingParams(args.temperature, args.top_p, args.seed))
+    window = lm.config.max_position_embeddings
+    if len(ids) + args.max_tokens > window:
+        raise ValueError(
+            f"prompt of {len(ids)} tokens + --max-tokens {args.max_tokens} exceeds the model's context window "
+            f"of {window} tokens (max_position_embeddings)"
+        )
+    sampler = Sampler(params)
     out = generate(lm.model, ids, args.max_tokens, sampler, lm.tokenizer.eos_ids)
     sys.stdout.write(lm.tokenizer.decode(out.tokens))
     sys.stdout.flush()

@@ -47,6 +47,8 @@ from kvblend.stops import plan_for, trim_suffix_overlap
 log = logging.getLogger(__name__)
 
 RETRIEVAL_CHARS = 64 << 10  # retrieval reads at most this much of a document around the cursor (huge files)
+# Context budgets shrink in steps of this many tokens to fit the model's window (not at every keystroke).
+CONTEXT_STEP = 256
 MAX_SESSIONS = 4  # live document sessions kept (each holds the KV of ~4k tokens: ~25 MB on the bundled model)
 
 
@@ -179,8 +181,18 @@ class Completer:
 
     def _secret(self, req: CompletionRequest) -> bool:
         """A secret file, or a local prompt window that would hold a credential: never put into a prompt."""
-        start, end = window(req.text, req.cursor, self.settings.prefix_tokens, self.settings.suffix_tokens)
+        start, end = window(req.text, req.cursor, *self._local_tokens())
         return is_secret_path(req.path) or secret_in_span(req.text, start, end) is not None
+
+    def _local_tokens(self) -> tuple[int, int]:
+        """(prefix, suffix) token budgets of the local prompt, cut so that it and the decode fit the model's
+        window (settings allow up to 64k tokens; a model past its window is extrapolating, and slow)."""
+        s, window = self.settings, self.lm.config.max_position_embeddings
+        suffix = min(s.suffix_tokens, window // 4)
+        return max(16, min(s.prefix_tokens, window - suffix - self._decode_tokens() - 64)), suffix
+
+    def _decode_tokens(self) -> int:
+        return max(self.settings.max_tokens, self.settings.max_line_tokens)
 
     def _precedence(self) -> contextlib.AbstractContextManager:
         """Background precompute starts no new chunk while a request runs: its workers and the request's torch
@@ -235,9 +247,9 @@ class Completer:
         s, timings = self.settings, {}
         plan = plan_for(req.text, req.cursor, s.multiline)
         t = time.perf_counter()
-        local = fim_prompt(self.lm.tokenizer, req.path, req.text, req.cursor, s.prefix_tokens, s.suffix_tokens,
+        local = fim_prompt(self.lm.tokenizer, req.path, req.text, req.cursor, *self._local_tokens(),
                            self.fim_order).tokens  # fmt: skip
-        chunks = self._retrieve(req)
+        chunks = self._retrieve(req, len(local))
         timings["prompt"] = _ms(t)
         t = time.perf_counter()
         kvs = [self._header_kv()] + [self.indexer.get_kv(c) for c in chunks]
@@ -262,11 +274,11 @@ class Completer:
         prompt length in tokens, info)."""
         s, model = self.settings, self.lm.model
         t = time.perf_counter()
-        local = fim_prompt(self.lm.tokenizer, req.path, req.text, req.cursor, s.prefix_tokens, s.suffix_tokens,
+        local = fim_prompt(self.lm.tokenizer, req.path, req.text, req.cursor, *self._local_tokens(),
                            self.fim_order).tokens  # fmt: skip
         timings["prompt"] = _ms(t)
         t = time.perf_counter()
-        chunks = self._retrieve(req)
+        chunks = self._retrieve(req, len(local))
         timings["retrieve"] = _ms(t)
         header = self._header_kv()
         keys = ("header", *(c.key for c in chunks))
@@ -359,11 +371,15 @@ class Completer:
             self._header = cacheblend.precompute_chunk(self.lm.model, ids, offset=0)
         return self._header
 
-    def _retrieve(self, req: CompletionRequest) -> list[Chunk]:
+    def _retrieve(self, req: CompletionRequest, local_tokens: int) -> list[Chunk]:
         """Chunks for the request. The query is the document without the cursor's line, so that typing
-        within a line (often not yet parseable) keeps the same chunks and the session's KV stays valid."""
+        within a line (often not yet parseable) keeps the same chunks and the session's KV stays valid.
+        Their budget is `context_tokens`, less what the model's window cannot hold besides the local prompt of
+        `local_tokens` and the decode (in steps of CONTEXT_STEP)."""
         s = self.settings
-        if self.indexer is None or s.mode == "none" or s.context_tokens <= 0:
+        room = self.lm.config.max_position_embeddings - local_tokens - self._decode_tokens() - 16  # 16: repo header
+        budget = min(s.context_tokens, room // CONTEXT_STEP * CONTEXT_STEP)
+        if self.indexer is None or s.mode == "none" or budget <= 0:
             return []
         idx, text = self.indexer, req.text
         line_start = text.rfind("\n", 0, req.cursor) + 1
@@ -377,10 +393,10 @@ class Completer:
         )  # fmt: skip
         # Typing within a line leaves the query unchanged: answer from the last selection.
         digest = hashlib.blake2b(rr.text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        key = (rr.path, digest, rr.cursor, rr.open_paths, rr.recent_paths, idx.generation, s.context_tokens)
+        key = (rr.path, digest, rr.cursor, rr.open_paths, rr.recent_paths, idx.generation, budget)
         if self._retrieved is not None and self._retrieved[0] == key:
             return self._retrieved[1]
-        chunks = self.retriever.select(idx.chunks(), rr, s.context_tokens)
+        chunks = self.retriever.select(idx.chunks(), rr, budget)
         self._retrieved = (key, chunks)
         return chunks
 

@@ -36,6 +36,13 @@ def test_generate_errors_are_clear(hf_checkpoints, tmp_path):
     r = _run("generate", "--model", str(tmp_path / "missing"), "--prompt-file", str(tmp_path / "ok.txt"))
     assert r.returncode == 1 and "model directory not found" in r.stderr
     assert r.stdout == ""
+    ckpt = str(hf_checkpoints["qwen2"])
+    for bad, message in ((["--max-tokens", "0"], "--max-tokens must be at least 1"),
+                         (["--temperature", "nan"], "temperature must be a finite number"),
+                         (["--seed", str(1 << 70)], "seed must be in"),
+                         (["--max-tokens", "100000"], "exceeds the model's context window")):  # fmt: skip
+        r = _run("generate", "--model", ckpt, "--prompt-file", str(tmp_path / "ok.txt"), *bad)
+        assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
 
 
 def test_eval_needs_a_dataset_and_an_out_dir():

@@ -254,3 +254,12 @@ def test_background_precompute_yields_to_requests(lm, indexer):
     c.complete(request(APP, "return total"))
     c.warm(request(APP, "return total", extra=" "))
     assert held and all(h == 1 for h in held) and indexer.queue._held == 0
+
+
+def test_prompt_fits_the_model_window(lm):
+    # settings allow 64k-token windows; the bundled model has 4096 positions (it prefilled 44k tokens before)
+    s = Settings(prefix_tokens=1 << 16, suffix_tokens=1 << 16, max_tokens=8, max_line_tokens=8, mode="none")
+    c = Completer(lm, s, None)
+    text = "".join(f"value_{i} = compute({i}, scale=2)\n" for i in range(6000))
+    r = c.complete(CompletionRequest("big.py", text, len(text) // 2))
+    assert 2048 < r.tokens_prefilled + r.tokens_reused + 8 <= lm.config.max_position_embeddings

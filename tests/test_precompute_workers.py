@@ -153,3 +153,30 @@ def test_run_on_workers_gives_each_its_share_of_threads_and_restores_the_callers
         assert run_on_workers(lambda: seen.append(torch.get_num_threads()) or 5, 1) == 5 and seen[-1] == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_thread_that_cannot_start_stops_the_others(monkeypatch):
+    started = []
+    real_start = threading.Thread.start
+
+    def start(self):
+        if len(started) == 2:
+            raise RuntimeError("can't start new thread")
+        started.append(self)
+        real_start(self)
+
+    q = PrecomputeQueue(lambda chunk: None, workers=4)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(RuntimeError, match="can't start new thread"):  # the system's error, not a join error
+        q.start()
+    monkeypatch.undo()
+    assert all(not t.is_alive() for t in started) and q._threads == []
+
+
+def test_worker_count_is_bounded(tmp_path):
+    from indexer import IndexerConfig
+    from indexer.config import MAX_WORKERS
+
+    with pytest.raises(ValueError, match="workers must be in"):
+        IndexerConfig(tmp_path, workers=MAX_WORKERS + 1)
+    assert IndexerConfig(tmp_path, workers=MAX_WORKERS).workers == MAX_WORKERS

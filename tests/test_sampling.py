@@ -51,7 +51,11 @@ def test_state_roundtrip_resumes_the_stream():
     assert [s(logits) for _ in range(10)] == ahead
 
 
-@pytest.mark.parametrize("kw", [{"temperature": -1}, {"top_p": 0}, {"top_p": 1.5}])
+@pytest.mark.parametrize(
+    "kw",
+    [{"temperature": -1}, {"temperature": float("nan")}, {"temperature": float("inf")}, {"top_p": 0},
+     {"top_p": 1.5}, {"top_p": float("nan")}, {"seed": -1}, {"seed": 1 << 64}],
+)  # fmt: skip
 def test_bad_params_raise(kw):
     with pytest.raises(ValueError):
         SamplingParams(**kw)
