@@ -119,12 +119,26 @@ def _special_id(tok: Tokenizer, token: str) -> int:
 
 def model_fim_order(model_dir: Path | None) -> str:
     """The FIM order a checkpoint prefers: `kvblend.json` {"fim_orders": [...]} lists the orders it was
-    trained on (the bundled model: both, SPM preferred); checkpoints without it get PSM, the common one."""
+    trained on (the bundled model: both, SPM preferred); checkpoints without it get PSM, the common one.
+    A malformed file gets PSM too, with one warning per file and problem (this runs on every completion)."""
     if model_dir is None:
         return "psm"
     meta = Path(model_dir) / "kvblend.json"
     try:
-        orders = json.loads(meta.read_text(encoding="utf-8")).get("fim_orders", [])
-    except (OSError, ValueError, AttributeError):
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except FileNotFoundError:
         return "psm"
-    return "spm" if "spm" in orders else "psm"
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, not JSON
+        problem = f"cannot read it ({e})"
+    else:
+        orders = data.get("fim_orders", []) if isinstance(data, dict) else None
+        if isinstance(orders, list) and all(isinstance(o, str) for o in orders):
+            return "spm" if "spm" in orders else "psm"
+        problem = f'"fim_orders" must be a list of FIM orders {FIM_ORDERS}, got {orders!r:.80}'
+        if not isinstance(data, dict):
+            problem = f"it must hold a JSON object, got {data!r:.80}"
+    warned = model_fim_order.__dict__.setdefault("warned", set())  # (file, problem) pairs already logged
+    if (str(meta), problem) not in warned:
+        warned.add((str(meta), problem))
+        log.warning("ignoring %s: %s; using the default FIM order psm", meta, problem)
+    return "psm"
