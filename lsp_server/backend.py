@@ -83,13 +83,18 @@ class Backend:
         root = lsp_path(uri) if uri else (Path(params.root_path) if params.root_path else None)
         self.root = root.resolve() if root is not None and root.is_dir() else None
         opts = params.initialization_options
-        warnings = []
+        start_up = []  # warnings about the start-up keys (paths and URLs: strings only)
         if isinstance(opts, dict):
-            if opts.get("model") and self.options.model is None:
-                self.options = dataclasses.replace(self.options, model=Path(str(opts["model"])))
-            if opts.get("redisUrl") and self.options.redis_url is None:
-                self.options = dataclasses.replace(self.options, redis_url=str(opts["redisUrl"]))
+            for key, field in (("model", "model"), ("redisUrl", "redis_url")):
+                value = opts.get(key)
+                if value is None or value == "" or getattr(self.options, field) is not None:
+                    continue
+                if not isinstance(value, str):
+                    start_up.append(f"{key} must be a string, got {type(value).__name__}: ignored")
+                    continue
+                self.options = dataclasses.replace(self.options, **{field: Path(value) if key == "model" else value})
         self.settings, warnings = Settings.from_options(opts)
+        warnings = start_up + warnings
         if len(folders) > 1:
             warnings.append(f"kvblend indexes the first workspace folder only ({folders[0].name})")
         return warnings

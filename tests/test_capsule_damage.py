@@ -301,3 +301,19 @@ async def test_backend_serves_without_capsules_when_the_store_fails(tmp_path, lm
         assert result.source == "model" and result.tokens_prefilled > 0  # the model ran and answered
     finally:
         backend.shutdown()
+
+
+def test_start_up_keys_of_the_wrong_type_are_ignored_with_a_warning(tmp_path):
+    backend = Backend(_Server(), ServerOptions(index=False, watch=False))
+    params = types.InitializeParams(
+        capabilities=types.ClientCapabilities(),
+        root_uri=tmp_path.as_uri(),
+        initialization_options={"model": {"x": 1}, "redisUrl": 6379},
+    )
+    warnings = backend.initialize(params)
+    assert backend.options.model is None and backend.options.redis_url is None
+    assert any("model must be a string" in w for w in warnings), warnings
+    assert any("redisUrl must be a string" in w for w in warnings), warnings
+    backend.initialize(types.InitializeParams(capabilities=types.ClientCapabilities(),
+                                              initialization_options={"model": str(tmp_path)}))  # fmt: skip
+    assert backend.options.model == tmp_path
