@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcInternalError, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
 from kvblend.completer import Completer, Completion, CompletionRequest
@@ -315,7 +315,7 @@ class Backend:
         try:
             if self.settings.debounce_ms:
                 await asyncio.sleep(self.settings.debounce_ms / 1000.0)
-            completer = await asyncio.wrap_future(self.loaded)
+            completer = await self._completer()
             if cancelled():
                 completer.stats.count("superseded")
                 return None
@@ -359,9 +359,17 @@ class Backend:
 
     # -- capsules and agent edits --------------------------------------------------------------
 
+    async def _completer(self) -> Completer:
+        """The completer once loaded. While the model cannot load, a request gets that error as one line (the
+        status and a message said so at start-up), not the traceback pygls would attach."""
+        try:
+            return await asyncio.wrap_future(self.loaded)
+        except Exception as e:
+            raise JsonRpcInternalError(f"kvblend is not serving: {e}") from None
+
     async def capsule(self, method: str, params: dict):
         """Run a kvblend/capsule.* request on the model thread (it touches live sessions)."""
-        completer = await asyncio.wrap_future(self.loaded)
+        completer = await self._completer()
         keeper = completer.capsules
         if keeper is None:
             raise JsonRpcInvalidParams("capsules are off in this server")

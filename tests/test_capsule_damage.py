@@ -317,3 +317,24 @@ def test_start_up_keys_of_the_wrong_type_are_ignored_with_a_warning(tmp_path):
     backend.initialize(types.InitializeParams(capabilities=types.ClientCapabilities(),
                                               initialization_options={"model": str(tmp_path)}))  # fmt: skip
     assert backend.options.model == tmp_path
+
+
+async def test_requests_get_the_model_load_error_as_one_line(tmp_path, lm):
+    from pygls.exceptions import JsonRpcInternalError
+
+    backend, _ = _backend(tmp_path, lm)
+
+    def missing():
+        raise ValueError(f"model directory not found: {tmp_path / 'nope'}")
+
+    backend._load = missing
+    try:
+        await asyncio.wait_for(backend.start(), timeout=60)
+        assert backend.status.state == "error"
+        with pytest.raises(JsonRpcInternalError) as err:
+            await _complete(backend, backend.root)
+        assert str(err.value) == f"kvblend is not serving: model directory not found: {tmp_path / 'nope'}"
+        with pytest.raises(JsonRpcInternalError):
+            await backend.capsule("kvblend/capsule.list", {})
+    finally:
+        backend.shutdown()
