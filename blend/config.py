@@ -166,13 +166,21 @@ _ARCH_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
 _REQUIRED = object()  # default of a field config.json must give
 
 
-def _int_field(hf: dict[str, Any], key: str, default: Any = _REQUIRED, where: str = "") -> Any:
-    """hf[key] as a positive integer, or `default` when absent or null. `where` prefixes the name in errors."""
+def _given(hf: dict[str, Any], key: str, default: Any, where: str) -> Any:
+    """hf[key]; `default` itself when the field is absent or null and has one; ConfigError when it is required."""
     value = hf.get(key)
     if value is None and default is not _REQUIRED:
         return default
     if key not in hf:
         raise ConfigError(f"config.json lacks required field {where + key!r}")
+    return value
+
+
+def _int_field(hf: dict[str, Any], key: str, default: Any = _REQUIRED, where: str = "") -> Any:
+    """hf[key] as a positive integer, or `default` when absent or null. `where` prefixes the name in errors."""
+    value = _given(hf, key, default, where)
+    if value is default:
+        return default
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # 4096.0: some exporters write sizes as floats
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -184,11 +192,9 @@ def _int_field(hf: dict[str, Any], key: str, default: Any = _REQUIRED, where: st
 
 def _float_field(hf: dict[str, Any], key: str, default: Any = _REQUIRED, where: str = "") -> Any:
     """hf[key] as a positive finite number, or `default` when absent or null."""
-    value = hf.get(key)
-    if value is None and default is not _REQUIRED:
+    value = _given(hf, key, default, where)
+    if value is default:
         return default
-    if key not in hf:
-        raise ConfigError(f"config.json lacks required field {where + key!r}")
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
         raise ConfigError(f"config.json: {where}{key} must be a positive number, got {value!r}")
     return float(value)
