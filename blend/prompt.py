@@ -120,7 +120,7 @@ def _special_id(tok: Tokenizer, token: str) -> int:
 def model_fim_order(model_dir: Path | None) -> str:
     """The FIM order a checkpoint prefers: `kvblend.json` {"fim_orders": [...]} lists the orders it was
     trained on (the bundled model: both, SPM preferred); checkpoints without it get PSM, the common one.
-    A malformed file gets PSM too, with one warning per file and problem (this runs on every completion)."""
+    A malformed file gets PSM too, with one warning per file and problem."""
     if model_dir is None:
         return "psm"
     meta = Path(model_dir) / "kvblend.json"

@@ -122,11 +122,12 @@ class Completer:
         self._retrieved: tuple | None = None  # (query key, chunks) of the last retrieval
         self.last: dict = {}  # the last request that ran the model (stats, tests)
         self._lock = threading.RLock()  # one request at a time on the model
+        self._model_fim_order = model_fim_order(self.lm.path)  # kvblend.json, read once (not at every request)
 
     @property
     def fim_order(self) -> str:
         order = self.settings.fim_order
-        return model_fim_order(self.lm.path) if order == "auto" else order
+        return self._model_fim_order if order == "auto" else order
 
     def update_settings(self, settings: Settings) -> None:
         with self._lock:
