@@ -1,4 +1,5 @@
-"""What the handlers call: model and indexer lifecycle, request superseding and debounce, warm-up, status.
+"""What the handlers call: model and indexer lifecycle, request superseding and debounce, warm-up (status and
+progress reporting: `status.py`).
 
 Threads: the asyncio loop runs the handlers; one worker thread ("kvblend-model") runs every completion and
 warm-up on the model, one at a time; the indexer computes chunk KV in its own background thread; watchdog
@@ -27,10 +28,12 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcInternalError, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
-from kvblend.completer import Completer, Completion, CompletionRequest
+from kvblend.completer import Completer
+from kvblend.completion import Completion, CompletionRequest
 from kvblend.settings import Settings
 from lsp_server import methods
 from lsp_server.convert import lsp_path, lsp_request
+from lsp_server.status import StatusReporting
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class ServerOptions:
     engine: str = "torch"  # torch (ours) | vllm (vLLM serves, fed blended KV; see kvblend.engine)
 
 
-class Backend:
+class Backend(StatusReporting):
     def __init__(self, server: LanguageServer, options: ServerOptions) -> None:
         self.server = server
         self.options = options
@@ -63,14 +66,10 @@ class Backend:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.counters: collections.Counter = collections.Counter()
         self.last_latency_ms: float | None = None
-        self.status = methods.StatusParams("loading", "starting")
+        self._init_status()
         self._seq = itertools.count(1)
         self._latest: dict[str, int] = {}
         self._warm: dict[str, asyncio.TimerHandle] = {}
-        self._progress_token = "kvblend-indexing"
-        self._last_progress = 0.0
-        self._progress_active = False
-        self._indexed = False  # the first index finished: later progress (edits, the watcher) ends in "ready"
         self._gate = None
         self._gate_stamp = None
 
@@ -221,64 +220,6 @@ class Backend:
         if self.indexer is not None:
             self.indexer.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
-
-    # -- progress and status -------------------------------------------------------------------
-
-    def _supports_progress(self) -> bool:
-        window = self.server.client_capabilities.window
-        return bool(window and window.work_done_progress)
-
-    async def _begin_progress(self) -> None:
-        self.send_status(methods.StatusParams("indexing", "indexing workspace", 0, 0))
-        if not self._supports_progress():
-            return
-        try:
-            await self.server.work_done_progress.create_async(self._progress_token)
-        except Exception:  # the client refused: status notifications still report progress
-            log.info("client refused the progress token")
-            return
-        self._progress_active = True
-        self.server.work_done_progress.begin(
-            self._progress_token, types.WorkDoneProgressBegin(title="kvblend: indexing", percentage=0)
-        )
-
-    def _on_progress(self, p) -> None:  # precompute thread
-        now = time.monotonic()
-        if now - self._last_progress < 0.2 and p.done < p.total:
-            return
-        self._last_progress = now
-        self._post(self._report_progress, p.done, p.total)
-
-    def _ready(self, message: str) -> None:
-        self._indexed = True
-        self.send_status(methods.StatusParams("ready", message))
-
-    def _report_progress(self, done: int, total: int) -> None:
-        if self._indexed and done >= total:  # an update after the first index is done
-            self.send_status(methods.StatusParams("ready", f"index up to date ({done} chunks recomputed)"))
-            return
-        self.send_status(methods.StatusParams("indexing", f"{done}/{total} chunks", done, total))
-        if self._progress_active:
-            pct = int(100 * done / total) if total else 100
-            self.server.work_done_progress.report(
-                self._progress_token, types.WorkDoneProgressReport(message=f"{done}/{total} chunks", percentage=pct)
-            )
-
-    def _end_progress(self, message: str) -> None:
-        if self._progress_active:
-            self._progress_active = False
-            self.server.work_done_progress.end(self._progress_token, types.WorkDoneProgressEnd(message=message))
-
-    def send_status(self, status: methods.StatusParams) -> None:
-        self.status = status
-        self.server.protocol.notify(methods.STATUS, status.to_json())
-
-    def show(self, kind: types.MessageType, message: str) -> None:
-        self.server.window_show_message(types.ShowMessageParams(type=kind, message=message))
-
-    def _post(self, fn, *args) -> None:
-        if self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(fn, *args)
 
     # -- settings ------------------------------------------------------------------------------
 
