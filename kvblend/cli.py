@@ -210,7 +210,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _complete(args: argparse.Namespace) -> int:
     from blend.loader import load_model
-    from kvblend.completer import Completer, CompletionRequest
+    from kvblend.completer import Completer
+    from kvblend.completion import CompletionRequest
     from kvblend.settings import Settings
 
     text = _read_text(args.file)

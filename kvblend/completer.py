@@ -37,6 +37,7 @@ from indexer.indexer import Indexer
 from indexer.retrieval import RetrievalRequest, Retriever
 from indexer.secrets import is_secret_path, secret_in_span
 from kvblend.capsules import CapsuleKeeper
+from kvblend.completion import Completion, CompletionRequest
 from kvblend.engine import Engine, EngineRequest, TorchEngine
 from kvblend.settings import Settings
 from kvblend.shown import ShownCache
@@ -50,33 +51,6 @@ RETRIEVAL_CHARS = 64 << 10  # retrieval reads at most this much of a document ar
 # Context budgets shrink in steps of this many tokens to fit the model's window (not at every keystroke).
 CONTEXT_STEP = 256
 MAX_SESSIONS = 4  # live document sessions kept (each holds the KV of ~4k tokens: ~25 MB on the bundled model)
-
-
-@dataclasses.dataclass(frozen=True)
-class CompletionRequest:
-    path: str  # workspace-relative posix path of the document (an outside file: its name)
-    text: str  # the document's current text
-    cursor: int  # character offset of the cursor in `text`
-    uri: str = ""
-    version: int | None = None
-    trigger: str = "automatic"  # automatic | invoked
-
-
-@dataclasses.dataclass
-class Completion:
-    text: str  # what to insert at the cursor ("" for nothing)
-    stop_reason: str  # eos | stop | max_tokens | time | cancelled | cache | typed_through | skipped
-    source: str = "model"  # model | cache | typed_through | none
-    multiline: bool = False
-    timings_ms: dict[str, float] = dataclasses.field(default_factory=dict)
-    context: list[str] = dataclasses.field(default_factory=list)  # chunks used, "path:start-end"
-    tokens_prefilled: int = 0  # tokens run through the model for this request (blend: those recomputed)
-    tokens_reused: int = 0  # tokens whose KV came from a cache (session, chunk store)
-    kv_path: str = ""  # session | blend | naive | full | prefix | none
-    first_token: int = -1  # the first token the model sampled (a stop token included); -1 when none ran
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass

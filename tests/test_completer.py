@@ -10,7 +10,8 @@ import torch
 
 from blend.loader import load_model
 from indexer import Indexer, IndexerConfig
-from kvblend.completer import Completer, CompletionRequest
+from kvblend.completer import Completer
+from kvblend.completion import CompletionRequest
 from kvblend.settings import Settings
 
 HELPERS = '''"""String helpers."""

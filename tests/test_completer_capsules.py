@@ -10,7 +10,8 @@ import pytest
 from blend.loader import load_model
 from capsule import CapsuleConfig, CapsuleStore
 from indexer import Indexer, IndexerConfig
-from kvblend.completer import Completer, CompletionRequest
+from kvblend.completer import Completer
+from kvblend.completion import CompletionRequest
 from kvblend.settings import Settings
 
 PRICES = '''"""Prices."""

@@ -101,7 +101,8 @@ def test_cli_engine_choices_are_the_factory_names():
 
 
 def test_completer_on_an_external_engine_matches_its_own_run(lm):
-    from kvblend.completer import Completer, CompletionRequest
+    from kvblend.completer import Completer
+    from kvblend.completion import CompletionRequest
     from kvblend.settings import Settings
 
     class Outside(Engine):  # another engine in the Completer's eyes, doing the torch engine's work

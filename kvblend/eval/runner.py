@@ -26,7 +26,8 @@ from blend.loader import LoadedModel
 from indexer.chunker import Chunk
 from indexer.config import IndexerConfig
 from indexer.indexer import Indexer
-from kvblend.completer import Completer, CompletionRequest
+from kvblend.completer import Completer
+from kvblend.completion import CompletionRequest
 from kvblend.eval import metrics
 from kvblend.eval.config import EvalConfig, ModeSpec
 from kvblend.eval.datasets import EvalItem
