@@ -11,7 +11,8 @@ local prompt, `blend` builds the KV of the whole sequence as if it had been pref
    context is kept, plus the prompt and (optionally) the first tokens of every chunk.
 4. From there on only the kept tokens go through attention and MLP; their K/V overwrite the reused rows
    (`kv_scatter`) and their queries attend to the whole fused cache under a true per-position causal mask
-   (`selective_attention`).
+   (`selective_attention`). In the last layer only the final prompt token's output is needed (for the
+   returned logits): the kept tokens write their K/V, and just that token attends and runs the MLP.
 
 recompute_ratio = 1 reproduces full prefill; 0 is naive concatenation with the RoPE fix.
 """
@@ -188,7 +189,10 @@ def blend(
             q, k, v = model.layer_qkv(i, h, (cos[active], sin[active]))  # q: [heads, n_active, D]
         kv_scatter(k_store, k, active)
         kv_scatter(v_store, v, active)
-        h = model.layer_finish(i, h, q, active, cache, "selective")
+        if i == model.cfg.n_layers - 1:  # the last layer's output feeds only the returned logits: the last token's
+            h = model.layer_finish(i, h[-1:], q[:, -1:], active[-1:], cache)
+        else:
+            h = model.layer_finish(i, h, q, active, cache, "selective")
         t_layers += time.perf_counter() - t_layer
     logits = model.logits(h[-1:])[0]
     timings = {"total_s": time.perf_counter() - t0, "layers_s": t_layers, "check_s": t_check}

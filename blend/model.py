@@ -277,9 +277,10 @@ class Transformer(nn.Module):
     ) -> torch.Tensor | None:
         """Append `tokens: [T]` at `positions: [T]` (default: right after the cache) to `cache`.
 
-        Returns the logits of the last token [vocab] or, with `all_logits`, of every token [T, vocab]. With
-        `kv_only`, returns None and skips what only the logits need: the last layer's attention and MLP (the
-        cached K/V are the same bits; precomputing a chunk's KV does 1/n_layers less work).
+        Returns the logits of the last token [vocab] or, with `all_logits`, of every token [T, vocab]. The
+        last layer's attention and MLP only feed the logits, so they run for the tokens whose logits are
+        returned: the last one (a prompt's prefill does ~1/n_layers less work; the cached K/V are the same
+        bits), or none with `kv_only`, which returns None (precomputing a chunk's KV).
         """
         T = tokens.shape[0]
         if T == 0:
@@ -294,11 +295,14 @@ class Transformer(nn.Module):
         last = self.cfg.n_layers - 1
         for i in range(last):
             h = self.layer_step(i, h, positions, cache, slots, rope, masks[i])
+        if all_logits:
+            h = self.layer_step(last, h, positions, cache, slots, rope, masks[last])
+            return self.logits(h)
+        q = self.layer_write_kv(last, h, cache, slots, rope)  # [n_heads, T, head_dim]
         if kv_only:
-            self.layer_write_kv(last, h, cache, slots, rope)
             return None
-        h = self.layer_step(last, h, positions, cache, slots, rope, masks[last])
-        return self.logits(h) if all_logits else self.logits(h[-1:])[0]
+        mask = masks[last] if T == 1 else "auto"  # a decode step's plan holds its mask already
+        return self.logits(self.layer_finish(last, h[-1:], q[:, -1:], positions[-1:], cache, mask))[0]
 
     def decode(self, token: int, cache: KVCache) -> torch.Tensor:
         """Append one token right after the cache; returns its logits [vocab]."""

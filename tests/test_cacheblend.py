@@ -43,6 +43,34 @@ def test_precompute_skips_the_last_layers_attention_and_mlp_yet_keeps_the_same_k
     assert torch.equal(kv.k, cache.k) and torch.equal(kv.v, cache.v)  # the very same bits
 
 
+@pytest.mark.parametrize("name", ["llama-gqa", "mistral-window"])
+@pytest.mark.parametrize("order", ["increasing", "last-not-latest"])
+def test_prefill_finishes_the_last_layer_for_the_last_token_only(models, name, order, monkeypatch):
+    model = models[name]
+    toks = _prompt(40, seed=6)
+    positions = torch.arange(40) if order == "increasing" else torch.cat([torch.arange(20), torch.arange(39, 19, -1)])
+    every = model.new_cache(48)
+    all_logits = model.prefill(toks, every, positions=positions, all_logits=True)  # [40, vocab]
+    rows, finish = [], model.layer_finish
+    monkeypatch.setattr(model, "layer_finish", lambda i, h, *a, **k: rows.append(h.shape[0]) or finish(i, h, *a, **k))
+    cache = model.new_cache(48)
+    logits = model.prefill(toks, cache, positions=positions)
+    assert rows == [40] * (model.cfg.n_layers - 1) + [1]
+    torch.testing.assert_close(logits, all_logits[-1], rtol=1e-5, atol=1e-5)
+    assert torch.equal(cache.k, every.k) and torch.equal(cache.v, every.v)  # the last layer's K/V of every token
+
+
+def test_blend_finishes_the_last_layer_for_the_last_prompt_token_only(models, monkeypatch):
+    model = models["llama-gqa"]
+    chunks, prompt = _chunks(model, seed=7), _prompt(seed=8)
+    rows, finish = [], model.layer_finish
+    monkeypatch.setattr(model, "layer_finish", lambda i, h, *a, **k: rows.append(h.shape[0]) or finish(i, h, *a, **k))
+    res = blend(model, chunks, prompt, BlendConfig(recompute_ratio=0.5))
+    # layer 0 runs every token, the selective layers the kept ones, the last one only the token whose logits
+    # are returned (that the kept tokens' last-layer K/V are still written: test_ratio_one_reproduces_full_prefill)
+    assert rows == [len(res.cache.positions)] + [res.selected.shape[0]] * (model.cfg.n_layers - 2) + [1]
+
+
 @pytest.mark.parametrize("name", ["llama-gqa", "qwen2"])  # qwen2: q/k/v biases
 def test_the_check_layers_k_v_and_kept_q_are_the_fused_projections(models, name):
     model = models[name]
