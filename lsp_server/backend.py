@@ -32,7 +32,7 @@ from kvblend.completer import Completer
 from kvblend.completion import Completion, CompletionRequest
 from kvblend.settings import Settings
 from lsp_server import methods
-from lsp_server.convert import lsp_path, lsp_request
+from lsp_server.convert import lsp_document, lsp_path, lsp_request
 from lsp_server.status import StatusReporting
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ class Backend(StatusReporting):
     # -- completion ----------------------------------------------------------------------------
 
     def document(self, uri: str):
-        doc = self.server.workspace.text_documents.get(uri)
+        doc = lsp_document(self.server.workspace, uri)
         if doc is None:
             raise JsonRpcInvalidParams(f"unknown document {uri}: send textDocument/didOpen first")
         return doc
@@ -289,7 +289,7 @@ class Backend(StatusReporting):
         self._warm.pop(uri, None)
         if self.completer is None or self._latest.get(uri) != seq:
             return
-        doc = self.server.workspace.text_documents.get(uri)
+        doc = lsp_document(self.server.workspace, uri)
         if doc is None or cursor > len(doc.source):
             return
         from lsp_server.convert import lsp_relative
@@ -390,7 +390,8 @@ class Backend(StatusReporting):
     def set_open(self) -> None:
         if self.indexer is None:
             return
-        paths = [p for p in (lsp_path(u) for u in self.server.workspace.text_documents) if p is not None]
+        docs = self.server.workspace.text_documents.values()  # keyed by unquoted URI: the document keeps its own
+        paths = [p for p in (lsp_path(d.uri) for d in docs) if p is not None]
         self.indexer.set_open(paths)
 
     def stats(self) -> dict:

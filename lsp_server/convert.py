@@ -2,33 +2,103 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 from pygls.workspace import TextDocument
+from pygls.workspace.position_codec import PositionCodec
 
 from kvblend.completion import Completion, CompletionRequest
 
+log = logging.getLogger(__name__)
+
 MAX_DOCUMENT_CHARS = 32 << 20  # beyond this a document is not completed at all (nothing useful fits a prompt)
+_LINE_BREAK = re.compile(r"(\r\n|\r|\n)")  # LSP's only line ends (str.splitlines also splits at \f, \x85, ...)
+
+
+def lsp_lines(text: str) -> list[str]:
+    r"""The document's lines as LSP counts them, each with its line end: "a\r\nb\fc\rd" -> ["a\r\n",
+    "b\fc\r", "d"]. A text ending in a line end has no empty last line here (the position after it is the
+    line `len(lines)`, column 0)."""
+    parts = _LINE_BREAK.split(text)  # [line, end, line, end, ..., last line (maybe "")]
+    lines = [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
 
 
 def lsp_offset(doc: TextDocument, position: types.Position) -> int:
-    """The character offset in `doc.source` of an LSP position.
+    r"""The character offset in `doc.source` of an LSP position.
 
-    Positions count lines from 0 and columns in the negotiated encoding's code units (UTF-16 unless the
-    client chose UTF-8 or UTF-32); pygls' codec converts. A position past the document is invalid params
-    (the client's view of the document is out of date); a column past the end of its line is clamped to
-    the line end, as the LSP specification asks."""
-    lines = doc.lines
+    Positions count lines from 0, split at \n, \r\n and \r only, and columns in the negotiated
+    encoding's code units (UTF-16 unless the client chose UTF-8 or UTF-32). A position past the document is
+    invalid params (the client's view of the document is out of date); a column past the end of its line is
+    the line end (before its line break), as the LSP specification asks. `position` is not modified."""
+    lines = lsp_lines(doc.source)
     if position.line < 0 or position.character < 0 or position.line > len(lines):
         raise JsonRpcInvalidParams(f"position {position.line}:{position.character} outside {doc.uri} "
                                    f"({len(lines)} lines)")  # fmt: skip
-    if position.line == len(lines):  # the position just after a final newline
-        return len(doc.source)
-    return doc.offset_at_position(position)
+    return _clamped_offset(lines, position, doc.position_codec)
+
+
+def _clamped_offset(lines: list[str], position: types.Position, codec: PositionCodec) -> int:
+    """`lsp_offset` without the checks: a line past the last one is the end of the text."""
+    if position.line >= len(lines):
+        return sum(map(len, lines))
+    start = sum(map(len, lines[: position.line]))
+    text = lines[position.line].rstrip("\r\n")  # the line without its line end
+    return start + _column(text, max(position.character, 0), codec)
+
+
+def _column(text: str, units: int, codec: PositionCodec) -> int:
+    """The index in `text` after `units` of the client's code units, at most len(text); a unit count inside
+    a character (half of a surrogate pair) counts the whole character."""
+    if text.isascii() or codec.encoding == types.PositionEncodingKind.Utf32:  # one unit per character
+        return min(units, len(text))
+    n = 0
+    for i, ch in enumerate(text):
+        if n >= units:
+            return i
+        n += codec.client_num_units(ch)
+    return len(text)
+
+
+class LspDocument(TextDocument):
+    r"""pygls' TextDocument with LSP's lines and columns (the server's copy of every open document).
+
+    pygls splits lines with str.splitlines, also at \f, \v, \x1c-\x1e, \x85, \u2028 and \u2029, so
+    that in a file holding one (a form feed between sections) every later position lands a line off and
+    incremental edits corrupt the copy; it clamps a column past the line end to the character before the
+    end (of a last line without a line break) or past the line break (`len + 1`), and writes the clamped
+    column into the request's Position."""
+
+    @property
+    def lines(self) -> tuple[str, ...]:
+        return tuple(lsp_lines(self.source))
+
+    def offset_at_position(self, client_position: types.Position) -> int:
+        return _clamped_offset(lsp_lines(self.source), client_position, self.position_codec)
+
+    def _apply_incremental_change(self, change: types.TextDocumentContentChangePartial) -> None:
+        source, lines = self.source, lsp_lines(self.source)
+        a = _clamped_offset(lines, change.range.start, self.position_codec)
+        b = _clamped_offset(lines, change.range.end, self.position_codec)
+        if b < a:  # a client bug: pygls would keep the text between them twice
+            log.warning("didChange of %s with a reversed range %s: applied to the text between its ends",
+                        self.uri, change.range)  # fmt: skip
+            a, b = b, a
+        self._source = source[:a] + change.text + source[b:]
+
+
+def lsp_document(workspace, uri: str) -> LspDocument | None:
+    """The open document `uri`, or None. pygls keys documents by their unquoted URI, so a client's
+    percent-encoded one (`my%20file.py`, `c%3A/...`) is looked up as such."""
+    return workspace.text_documents.get(unquote(uri))
 
 
 def lsp_path(uri: str) -> Path | None:
@@ -122,7 +192,7 @@ def lsp_file_changes(edit: types.WorkspaceEdit, workspace, root: Path | None) ->
         return str(path)
 
     def old_text(uri: str) -> str:
-        doc = workspace.text_documents.get(uri)
+        doc = lsp_document(workspace, uri)
         if doc is not None:
             return doc.source
         path = lsp_path(uri)
@@ -135,7 +205,7 @@ def lsp_file_changes(edit: types.WorkspaceEdit, workspace, root: Path | None) ->
 
     def edited(uri: str, edits) -> FileChange:
         before = old_text(uri)
-        doc = TextDocument(uri, before, position_codec=workspace.position_codec)
+        doc = LspDocument(uri, before, position_codec=workspace.position_codec)
         spans = []
         for e in edits:
             a, b = lsp_offset(doc, e.range.start), lsp_offset(doc, e.range.end)

@@ -6,6 +6,13 @@
 - a client's response that does not match its request's result type (`null` for workspace/applyEdit) fails
   the request waiting for it (pygls would leave it waiting forever);
 - `textDocument/didChange` for a document that is not open is logged and ignored (pygls raises KeyError);
+- open documents are `convert.LspDocument`s: LSP's line ends and column clamping (pygls' TextDocument splits
+  lines at form feeds and other Unicode line separators too, and clamps a column past a line's end wrongly);
+- the lifecycle the specification asks for (pygls checks none of it): a request before `initialize` gets
+  ServerNotInitialized (-32002; pygls answered an internal error with a traceback), a notification then is
+  dropped (pygls showed the user "Error in server"); a second `initialize` and a request after `shutdown`
+  get InvalidRequest (pygls re-created the workspace, losing the open documents; it left a request after
+  `shutdown` unanswered, the client waiting forever);
 - kvblend's own methods (`kvblend/...`) get their params as plain JSON (dicts and lists): pygls would turn
   them into namedtuples, which mangle keys that are not identifiers (the URIs of a WorkspaceEdit's changes);
 - `send_error` answers with `"id": null` when a message's id is unknown (transport.py: parse errors).
@@ -20,9 +27,12 @@ from urllib.parse import unquote
 
 import attrs
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException, JsonRpcInternalError
+from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcInvalidRequest, JsonRpcServerNotInitialized
 from pygls.protocol import LanguageServerProtocol
+from pygls.protocol.json_rpc import RPCRequest
 from pygls.protocol.language_server import lsp_method
+
+from lsp_server.convert import LspDocument
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +82,43 @@ class KvblendProtocol(LanguageServerProtocol):
             raise
 
     def handle_message(self, message):
-        if isinstance(message, _Answered):
+        if isinstance(message, _Answered) or self._refused(message):
             return
         super().handle_message(message)
+
+    def _refused(self, message) -> bool:
+        """Refuse what the lifecycle does not allow now (`exit` always is): a request gets its error response,
+        a notification is dropped. Responses to the server's own requests pass."""
+        method = getattr(message, "method", None)
+        if method is None or method == types.EXIT:
+            return False
+        if self._workspace is None and method != types.INITIALIZE:  # initialize creates the workspace
+            error, why = JsonRpcServerNotInitialized(f"{method} before initialize"), "before initialize"
+        elif self._workspace is not None and method == types.INITIALIZE:
+            error, why = JsonRpcInvalidRequest("initialize was already sent"), "a second time"
+        elif self._shutdown:
+            error, why = JsonRpcInvalidRequest(f"{method} after shutdown"), "after shutdown"
+        else:
+            return False
+        log.warning("%s %s: refused", method, why)
+        if isinstance(message, RPCRequest):
+            self._send_response(message.id, error=error.to_response_error())
+        return True
 
     def send_error(self, msg_id: int | str | None, error: JsonRpcException) -> None:
         """An error response; `msg_id` None is sent as `"id": null` (pygls' message type would leave it out)."""
         error_json = {"code": error.code, "message": error.message}
         self._send_data({"jsonrpc": self.VERSION, "id": msg_id, "error": error_json})
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
+    def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams) -> Generator:
+        """pygls' didOpen with kvblend's document class (a second didOpen replaces the document, as pygls')."""
+        item = params.text_document
+        self.workspace.text_documents[unquote(item.uri)] = LspDocument(  # the workspace's own key
+            item.uri, item.text, item.version, item.language_id, position_codec=self.workspace.position_codec
+        )
+        if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_OPEN)) is not None:
+            yield handler, (params,), None
 
     @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
     def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams) -> Generator:

@@ -15,6 +15,7 @@ from lsp_server.backend import Backend, ServerOptions
 from lsp_server.convert import (
     lsp_change_cursor,
     lsp_completion_items,
+    lsp_document,
     lsp_inline_items,
     lsp_trigger,
 )
@@ -30,9 +31,12 @@ class KvblendServer(LanguageServer):
             protocol_cls=KvblendProtocol,
         )  # fmt: skip
         self.backend = Backend(self, options or ServerOptions())
+        self.exit_code = 0  # 1 once `exit` came without `shutdown` before it (the specification's exit code)
 
     def start_io(self, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
         transport.start_io(self, stdin, stdout)  # kvblend's reader loop in place of pygls' (transport.py)
+        if self.exit_code:  # pygls' sys.exit(1) on `exit` is swallowed by the loop's shutdown
+            raise SystemExit(self.exit_code)
 
     def start_tcp(self, host: str, port: int) -> None:
         transport.start_tcp(self, host, port)
@@ -54,6 +58,10 @@ def build_server(options: ServerOptions | None = None) -> KvblendServer:
     def shutdown(ls: KvblendServer, params: None) -> None:
         ls.backend.shutdown()
 
+    @server.feature(types.EXIT)
+    def on_exit(ls: KvblendServer, params: None) -> None:
+        ls.exit_code = 0 if ls.protocol._shutdown else 1
+
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: KvblendServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
         uri, pos = params.text_document.uri, params.position
@@ -73,7 +81,7 @@ def build_server(options: ServerOptions | None = None) -> KvblendServer:
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: KvblendServer, params: types.DidChangeTextDocumentParams) -> None:
         uri = params.text_document.uri
-        doc = ls.workspace.text_documents.get(uri)
+        doc = lsp_document(ls.workspace, uri)
         if doc is not None and params.content_changes:
             ls.backend.schedule_warm(uri, lsp_change_cursor(doc, params.content_changes[-1]))
 
