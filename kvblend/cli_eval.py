@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from kvblend.eval.config import MODES
+from kvblend.eval.report import STAGING_PREFIX
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,15 +52,19 @@ def run(args: argparse.Namespace) -> int:
         args.dataset, args.out, args.model, args.device, modes, ratios, args.limit, args.seed, args.cache_dir,
         args.context_tokens, plots=not args.no_plots, engine=args.engine,
     )  # fmt: skip
-    try:  # before any work: a run that cannot write its results is not started
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"cannot write results to {args.out}: {e.strerror}") from None
+    created = _prepare_out(args.out)
     bar = Progress()
     try:
         result = evaluate(cfg, bar)
-    finally:
+    except BaseException as e:  # nothing was written: leave no empty OUT behind either
         bar.close()
+        _remove_empty(created)
+        if isinstance(e, KeyboardInterrupt):
+            where = f"after {bar.done} of {bar.total} requests" if bar.total else "before the first request"
+            print(f"kvblend: eval interrupted {where}: no results written", file=sys.stderr)
+            return 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+        raise
+    bar.close()
     c = result["config"]
     print(f"kvblend eval: {c['kind']}, n = {c['n_items']}, model {c['model']}, {c['machine']}")
     print(table(result["modes"]))
@@ -68,6 +74,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_out(out: Path) -> list[Path]:
+    """Create `out` and check that a file can be made in it, before any work: a run that cannot write its
+    results is not started (a read-only or pseudo-filesystem directory passes `mkdir` alone). Returns the
+    directories this made, deepest first, for `_remove_empty` when the run fails."""
+    missing = [d for d in (out, *out.parents) if not d.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=STAGING_PREFIX):
+            pass
+    except OSError as e:
+        _remove_empty(missing)
+        raise ValueError(f"cannot write results to {out}: {e.strerror}") from None
+    return missing
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    """Remove `dirs` (deepest first) while they are empty; one that is not is left with all above it."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
 class Progress:
     """Progress on stderr: a redrawn bar on a terminal, a plain line per 10% otherwise."""
 
@@ -75,8 +105,10 @@ class Progress:
         self.tty = sys.stderr.isatty()
         self._last, self._shown, self._t0 = 0.0, -1, time.monotonic()
         self._drawn = False
+        self.done, self.total = 0, 0  # the last call's counts (the message of an interrupted run)
 
     def __call__(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
         elapsed = time.monotonic() - self._t0
         if self.tty:
             now = time.monotonic()
@@ -96,3 +128,4 @@ class Progress:
     def close(self) -> None:
         if self._drawn:
             sys.stderr.write("\n")
+            self._drawn = False

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from kvblend.settings import Settings
+
 # Modes the runner knows. full, naive, prefix, none and blend are the Completer's context modes; capsule is
 # the warm-session path (the request was served before; see runner.py).
 MODES = ("full", "naive", "prefix", "blend", "capsule", "none")
@@ -44,6 +46,10 @@ class EvalConfig:
             raise ValueError(f"--ratios must be in [0, 1], got {list(self.ratios)}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
+        try:  # Settings' own range, checked here so that a bad value fails before the model loads
+            Settings(context_tokens=self.context_tokens)
+        except ValueError as e:
+            raise ValueError(f"--context-tokens: {e}") from None
 
     def specs(self, has_context: bool) -> list[ModeSpec]:
         """The modes to run, `full` first (every other mode's agreement is measured against it)."""

@@ -8,6 +8,7 @@ and `middle` is the reference. Its context is a repository on disk (`repo`), a s
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import gzip
 import hashlib
@@ -15,6 +16,8 @@ import json
 import logging
 import random
 import re
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -89,24 +92,24 @@ def load_dataset(path: Path, seed: int = 0, limit: int | None = None) -> tuple[s
 
 def read_jsonl(path: Path) -> tuple[str, list[EvalItem]]:
     """Every item of a HumanEval infilling or own-format jsonl file; the kind is decided by the first record."""
-    opener = gzip.open if path.name.endswith(".gz") else open
     kind: str | None = None
     items: list[EvalItem] = []
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DatasetError(f"{path}:{lineno}: not JSON: {e}") from None
-                if not isinstance(rec, dict):
-                    raise DatasetError(f"{path}:{lineno}: expected an object, got {type(rec).__name__}")
-                if kind is None:
-                    kind = _kind(rec, path, lineno)
-                items.append(_humaneval(rec, path, lineno) if kind == "humaneval" else _own(rec, path, lineno))
-    except (OSError, EOFError, UnicodeDecodeError) as e:
+        for lineno, line in _lines(path):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}:{lineno}: not JSON: {e}") from None
+            if not isinstance(rec, dict):
+                raise DatasetError(f"{path}:{lineno}: expected an object, got {_JSON_TYPES.get(type(rec), '?')}")
+            if kind is None:
+                kind = _kind(rec, path, lineno)
+            elif _kind_of(rec) not in (None, kind):  # else the message would blame a field of the other kind
+                raise DatasetError(f"{path}:{lineno}: a {_kind_of(rec)} record in a file of {kind} records")
+            items.append(_humaneval(rec, path, lineno) if kind == "humaneval" else _own(rec, path, lineno))
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: a .gz whose compressed data is damaged
         raise DatasetError(f"cannot read dataset {path}: {e}") from None
     if not items:
         raise DatasetError(f"dataset {path} holds no items")
@@ -118,11 +121,40 @@ def read_jsonl(path: Path) -> tuple[str, list[EvalItem]]:
     return kind or "own", items
 
 
-def _kind(rec: dict, path: Path, lineno: int) -> str:
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+               type(None): "null"}  # fmt: skip
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a .jsonl / .jsonl.gz file. Read as bytes and decoded line by line, so a byte that
+    is not UTF-8 is reported with its line; a leading byte-order mark (Windows editors write one) is dropped."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                hint = " (a gzip file? name it .jsonl.gz)" if raw.startswith(b"\x1f\x8b") else ""
+                raise DatasetError(
+                    f"{path}:{lineno}: not UTF-8 text: byte {raw[e.start]:#04x} at byte {e.start + 1} of the line{hint}"
+                ) from None
+
+
+def _kind_of(rec: dict) -> str | None:
+    """humaneval or own when `rec` has every field of that kind, else None."""
     if all(k in rec for k in HUMANEVAL_FIELDS):
         return "humaneval"
     if all(k in rec for k in OWN_FIELDS):
         return "own"
+    return None
+
+
+def _kind(rec: dict, path: Path, lineno: int) -> str:
+    kind = _kind_of(rec)
+    if kind is not None:
+        return kind
     raise DatasetError(
         f"{path}:{lineno}: unknown record with fields {sorted(rec)}: expected HumanEval infilling "
         f"({', '.join(HUMANEVAL_FIELDS)}) or our format ({', '.join(OWN_FIELDS)}; see kvblend/eval/FORMAT.md)"
@@ -133,6 +165,18 @@ def _str_field(rec: dict, key: str, path: Path, lineno: int) -> str:
     value = rec.get(key)
     if not isinstance(value, str):
         raise DatasetError(f"{path}:{lineno}: field {key!r} must be a string, got {value!r:.80}")
+    return _check_text(value, f"field {key!r}", path, lineno)
+
+
+def _check_text(value: str, what: str, path: Path, lineno: int) -> str:
+    """`value` when it is valid Unicode. JSON's `\\ud800` escapes decode to lone surrogates, which no file
+    and no tokenizer accepts: refused here, with the line, rather than mid-run."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DatasetError(
+            f"{path}:{lineno}: {what} holds a lone surrogate {value[e.start]!r} at index {e.start} (not valid Unicode)"
+        ) from None
     return value
 
 
@@ -147,18 +191,40 @@ def _humaneval(rec: dict, path: Path, lineno: int) -> EvalItem:
     )
 
 
+def _context_paths_problem(files: dict[str, str]) -> str | None:
+    """What keeps `files` from being written as one workspace, or None. Checked here so that the message names
+    the line, not a temporary directory after the model has loaded."""
+    seen: dict[tuple[str, ...], str] = {}
+    for k in files:
+        parts = tuple(p for p in k.split("/") if p not in ("", "."))  # "./a.py" and "a//b.py" are fine
+        if k.startswith("/") or ".." in parts or not parts:
+            return f"context_files path {k!r} must name a file in the workspace (relative, without '..')"
+        if parts in seen:
+            return f"context_files paths {seen[parts]!r} and {k!r} name the same file"
+        seen[parts] = k
+    for parts, k in seen.items():
+        for i in range(1, len(parts)):
+            if parts[:i] in seen:
+                return f"context_files path {seen[parts[:i]]!r} is a file, but {k!r} needs it as a directory"
+    return None
+
+
 def _own(rec: dict, path: Path, lineno: int) -> EvalItem:
     item_id = _str_field(rec, "id", path, lineno)
     doc = rec.get("path", re.sub(r"[^A-Za-z0-9_.-]+", "_", item_id) + ".py")
     if not isinstance(doc, str) or not doc or doc.startswith("/") or ".." in doc.split("/"):
         raise DatasetError(f"{path}:{lineno}: field 'path' must be a relative posix path, got {doc!r}")
+    _check_text(doc, "field 'path'", path, lineno)
     files = rec.get("context_files")
     if files is not None:
         if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
             raise DatasetError(f"{path}:{lineno}: field 'context_files' must map paths to texts, got {files!r:.80}")
-        bad = [k for k in files if not k or k.startswith("/") or ".." in k.split("/")]
-        if bad:
-            raise DatasetError(f"{path}:{lineno}: context_files path {bad[0]!r} must be relative, without '..'")
+        for k, v in files.items():
+            _check_text(k, "a context_files path", path, lineno)
+            _check_text(v, f"context_files[{k!r}]", path, lineno)
+        problem = _context_paths_problem(files)
+        if problem:
+            raise DatasetError(f"{path}:{lineno}: {problem}")
     repo = rec.get("repo")
     if repo is not None:
         if not isinstance(repo, str):

@@ -18,6 +18,7 @@ import ast
 import builtins
 import collections
 import logging
+import re
 from pathlib import Path
 
 from indexer.config import IndexerConfig
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MIN_MIDDLE_CHARS = 4  # shorter lines (`x = y`) say little about context use
 MAX_MIDDLE_CHARS = 120  # longer than a single-line budget of 32 tokens can reach
+_NEWLINE = re.compile(r"\r\n|\r|\n")
 _SIMPLE = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr, ast.Return, ast.Raise, ast.Assert)
 
 
@@ -139,10 +141,9 @@ def _file_holes(root: str, path: str, text: str, tree, own: set[str], imported: 
     if not imported:
         return []
     bound = bound_names(tree)
-    lines = text.split("\n")
-    starts = [0]
-    for line in lines[:-1]:
-        starts.append(starts[-1] + len(line) + 1)
+    # ast numbers lines as Python does: \n, \r\n and a lone \r each end one (old Mac files use only \r).
+    lines = _NEWLINE.split(text)
+    starts = [0] + [m.end() for m in _NEWLINE.finditer(text)]
     docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
     out, seen_lines = [], set()
     for node in ast.walk(tree):

@@ -6,6 +6,9 @@ import collections
 import json
 import logging
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from kvblend.eval.config import ModeSpec
@@ -13,6 +16,9 @@ from kvblend.eval.metrics import mean, percentile
 
 log = logging.getLogger(__name__)
 
+RESULT_FILES = ("results.json", "summary.md")
+PLOT_FILES = ("quality_vs_ratio.png", "ttft_vs_context.png")
+STAGING_PREFIX = ".kvblend-eval-"  # a run's files are written into OUT/.kvblend-eval-XXXX/ first (write_all)
 QUALITY_KEYS = ("exact_match", "edit_similarity", "identifier_match", "agreement_with_full", "first_token_agreement")
 TABLE_COLUMNS = (
     ("mode", "mode"), ("n", "n"), ("exact_match", "exact"), ("edit_similarity", "edit sim"),
@@ -69,6 +75,30 @@ def table(modes: dict[str, dict]) -> str:
             cells.append("-" if v is None else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def write_all(
+    out: Path, config: dict, modes: dict[str, dict], records: list[dict], notes: list[str], plots: bool
+) -> list[Path]:
+    """results.json, summary.md and (with `plots`) the PNGs under `out`. They are written into a staging
+    directory first and renamed into place after, so an error or Ctrl-C while writing leaves the files of an
+    earlier run whole, never a half-written one. Plots of an earlier run go when this one makes none: next to
+    its results they would read as this run's."""
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    try:
+        files = [write_results(stage, config, modes, records, notes), write_summary(stage, config, modes, notes)]
+        if plots:
+            files += write_plots(stage, modes, records)
+        placed = []
+        for f in files:
+            os.replace(f, out / f.name)
+            placed.append(out / f.name)
+        for name in () if plots else PLOT_FILES:
+            (out / name).unlink(missing_ok=True)
+        return placed
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_results(out: Path, config: dict, modes: dict[str, dict], records: list[dict], notes: list[str]) -> Path:

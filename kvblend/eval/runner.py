@@ -18,17 +18,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from blend.loader import LoadedModel
 from indexer.chunker import Chunk
-from indexer.config import IndexerConfig
+from indexer.config import DEFAULT_IGNORES, IndexerConfig
 from indexer.indexer import Indexer
 from kvblend.completer import Completer
 from kvblend.completion import CompletionRequest
-from kvblend.eval import metrics
+from kvblend.eval import metrics, report
 from kvblend.eval.config import EvalConfig, ModeSpec
 from kvblend.eval.datasets import EvalItem
 from kvblend.settings import Settings
@@ -65,8 +66,11 @@ def settings_for(spec: ModeSpec, multiline: bool, context_tokens: int) -> Settin
 
 
 @contextlib.contextmanager
-def workspace(item: EvalItem, lm: LoadedModel, cache_dir: Path | None) -> Iterator[CountingIndexer | None]:
-    """The indexed context of `item`'s group: its repository, a temp workspace of its inline files, or None."""
+def workspace(
+    item: EvalItem, lm: LoadedModel, cache_dir: Path | None, out: Path | None = None
+) -> Iterator[CountingIndexer | None]:
+    """The indexed context of `item`'s group: its repository, a temp workspace of its inline files, or None.
+    What the run writes into `out` is never indexed (see `output_ignores`)."""
     if item.repo is None and not item.context_files:
         yield None
         return
@@ -78,13 +82,27 @@ def workspace(item: EvalItem, lm: LoadedModel, cache_dir: Path | None) -> Iterat
             for rel, text in sorted(item.context_files.items()):
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
                 (root / rel).write_text(text, encoding="utf-8")
-        idx = CountingIndexer(IndexerConfig(root, cache_dir=cache, n_commits=0, precompute=False), lm)
+        ignores = DEFAULT_IGNORES + (output_ignores(root, out) if out is not None else ())
+        idx = CountingIndexer(IndexerConfig(root, cache_dir=cache, n_commits=0, precompute=False, ignores=ignores), lm)
         try:
             stats = idx.index()
             log.info("eval: indexed %s: %d files, %d chunks, %d tokens", root, stats.files, stats.chunks, stats.tokens)
             yield idx
         finally:
             idx.close()
+
+
+def output_ignores(root: Path, out: Path) -> tuple[str, ...]:
+    """gitignore patterns for the files `kvblend eval` writes into `out`, when `out` lies inside the workspace
+    `root` (`--dataset . --out runs/x` with runs/ not git-ignored): an earlier run's results.json holds every
+    reference, and indexed it would be retrieved as context for the very holes it answers."""
+    try:
+        rel = out.resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:  # outside the workspace
+        return ()
+    base = "" if rel == "." else re.sub(r"([*?\[\\])", r"\\\1", rel) + "/"  # glob characters taken literally
+    names = (*report.RESULT_FILES, *report.PLOT_FILES)
+    return tuple(f"/{base}{name}" for name in names) + (f"/{base}{report.STAGING_PREFIX}*/",)
 
 
 def _groups(items: list[EvalItem]) -> list[list[EvalItem]]:
@@ -108,7 +126,7 @@ def run_items(
     per_token = kv_bytes_per_token(lm)
     records: list[dict] = []
     for group in _groups(items):
-        with workspace(group[0], lm, cfg.cache_dir) as idx:
+        with workspace(group[0], lm, cfg.cache_dir, cfg.out) as idx:
             completers: dict[tuple[str, bool], Completer] = {}
 
             def completer(spec: ModeSpec, multiline: bool, idx=idx, completers=completers) -> Completer:
@@ -186,7 +204,6 @@ def evaluate(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None
     import torch
 
     from blend.loader import load_model
-    from kvblend.eval import report
     from kvblend.eval.datasets import load_dataset
 
     kind, items = load_dataset(cfg.dataset, cfg.seed, cfg.limit)
@@ -212,10 +229,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None
         "fingerprint": lm.fingerprint, "device": str(device), "machine": machine, "torch": torch.__version__,
         "context_tokens": cfg.context_tokens, "kv_bytes_per_token": kv_bytes_per_token(lm), "engine": cfg.engine,
     }  # fmt: skip
-    files = [report.write_results(cfg.out, config, modes, records, notes), report.write_summary(cfg.out, config,
-             modes, notes)]  # fmt: skip
-    if cfg.plots:
-        files += report.write_plots(cfg.out, modes, records)
+    files = report.write_all(cfg.out, config, modes, records, notes, cfg.plots)
     return {"config": config, "modes": modes, "notes": notes, "items": records, "files": [str(f) for f in files]}
 
 
