@@ -112,8 +112,9 @@ def bench_index(
         plain(), load(False)  # page cache warm for both
         plain_s, load_s, cast_s, cold_plain_s, cold_load_s = [], [], [], [], []
         # Adjacent passes, alternating which goes first (as the index pairs): a pass takes ~10-40 ms, and the
-        # ratio of one pair sees one machine state where the two bests may come from different ones.
-        for i in range(max(repeats, 9)):
+        # ratio of one pair sees one machine state where the two bests may come from different ones. Passes are
+        # cheap, so three per index pair: the median of 9 moved by 0.1 between runs as the machine's speed did.
+        for i in range(max(3 * repeats, 9)):
             for run, times in _in_turn(i, (plain, plain_s), (lambda: load(False), load_s)):
                 times.append(run())
             cast_s.append(load(True))
