@@ -342,12 +342,9 @@ class Backend(StatusReporting):
     async def apply_agent_edit(self, params: dict) -> dict:
         """Check an agent's WorkspaceEdit with the ledger; an allowed one is snapshotted (capsules of the
         open documents it touches) and sent to the client as workspace/applyEdit."""
-        from lsp_server.convert import lsp_file_changes
+        from lsp_server.convert import lsp_file_changes, lsp_workspace_edit
 
-        try:
-            edit = self.server.protocol._converter.structure(params.get("edit"), types.WorkspaceEdit)
-        except Exception as e:
-            raise JsonRpcInvalidParams(f"{methods.APPLY_AGENT_EDIT}: 'edit' is not a WorkspaceEdit: {e}") from None
+        edit = lsp_workspace_edit(params.get("edit"), methods.APPLY_AGENT_EDIT)
         changes = lsp_file_changes(edit, self.server.workspace, self.root)
         gate = self.gate()
         decision = await self.loop.run_in_executor(None, gate.check, changes, bool(params.get("approved")))

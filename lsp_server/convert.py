@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import cattrs
 from lsprotocol import types
+from lsprotocol.converters import get_converter
 from pygls.exceptions import JsonRpcInvalidParams
 from pygls.workspace import TextDocument
 from pygls.workspace.position_codec import PositionCodec
@@ -171,6 +174,30 @@ def lsp_change_cursor(doc: TextDocument, change) -> int | None:
         return min(len(doc.source), lsp_offset(doc, rng.start) + len(change.text))
     except (IndexError, ValueError, JsonRpcInvalidParams):
         return None
+
+
+def lsp_workspace_edit(raw, method: str) -> types.WorkspaceEdit:
+    """An agent's `edit` (plain JSON) as a WorkspaceEdit, or InvalidParams naming the offending field. Strings
+    must be strings: lsprotocol's converter turns `"newText": 5` into "5" and a numeric URI into a path."""
+    try:
+        return _strict_converter().structure(raw, types.WorkspaceEdit)
+    except Exception as e:
+        why = "; ".join(cattrs.transform_error(e, path="edit")) if isinstance(e, cattrs.BaseValidationError) else e
+        raise JsonRpcInvalidParams(f"{method}: 'edit' is not a WorkspaceEdit: {why}") from None
+
+
+@functools.cache
+def _strict_converter() -> cattrs.Converter:
+    """lsprotocol's converter, but a str field takes only a str (a fresh one: hooks are fixed once used)."""
+
+    def strict_str(value, _) -> str:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {value!r:.40}")
+        return value
+
+    conv = get_converter()
+    conv.register_structure_hook(str, strict_str)
+    return conv
 
 
 def lsp_file_changes(edit: types.WorkspaceEdit, workspace, root: Path | None) -> list:

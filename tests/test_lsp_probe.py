@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import time
 from pathlib import Path
 
 import pytest
 from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
 from pygls.workspace import TextDocument
 from pygls.workspace.position_codec import PositionCodec
 
 from lsp_server.backend import ServerOptions
-from lsp_server.convert import lsp_lines, lsp_offset
+from lsp_server.convert import lsp_lines, lsp_offset, lsp_workspace_edit
 from lsp_server.server import build_server
 from tests.test_lsp_framing import RawClient
 
@@ -269,3 +271,36 @@ def test_exit_without_shutdown_exits_with_1(tmp_path):
         assert time.monotonic() - t0 < 20
     finally:
         client.close()
+
+
+def _text_edit(new_text) -> dict:
+    return {"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 0}}, "newText": new_text}
+
+
+@pytest.mark.parametrize(
+    ("raw", "where"),
+    [
+        ({"changes": {"file:///a.py": [_text_edit(5)]}}, "edit.changes['file:///a.py'][0].new_text"),
+        ({"documentChanges": [{"textDocument": {"uri": 7, "version": 1}, "edits": []}]}, "text_document.uri"),
+        ({"changes": 5}, "edit.changes"),
+    ],
+)
+def test_an_agent_edit_with_a_non_string_is_refused_not_coerced(raw, where):
+    with pytest.raises(JsonRpcInvalidParams, match=re.escape(where)):  # lsprotocol alone made 5 into "5"
+        lsp_workspace_edit(raw, "kvblend/applyAgentEdit")
+
+
+def test_a_well_formed_agent_edit_converts():
+    raw = {
+        "documentChanges": [
+            {
+                "textDocument": {"uri": "file:///a.py", "version": None},
+                "edits": [_text_edit("x") | {"annotationId": "n"}],
+            },
+            {"kind": "rename", "oldUri": "file:///b.py", "newUri": "file:///c.py"},
+        ],
+        "changeAnnotations": {"n": {"label": "agent"}},
+    }
+    edit = lsp_workspace_edit(raw, "kvblend/applyAgentEdit")
+    assert edit.document_changes[0].edits[0].new_text == "x"
+    assert isinstance(edit.document_changes[1], types.RenameFile) and edit.change_annotations["n"].label == "agent"
