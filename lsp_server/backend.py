@@ -280,6 +280,12 @@ class Backend(StatusReporting):
         seq = self._latest.get(uri)
         self._warm[uri] = self.loop.call_later(self.settings.warmup_ms / 1000.0, self._warm_now, uri, cursor, seq)
 
+    def closed(self, uri: str) -> None:
+        """A closed document: its pending warm-up is cancelled and a completion still running for it is dropped
+        (it is no longer the latest request), and nothing is kept per document."""
+        self._cancel_warm(uri)
+        self._latest.pop(uri, None)
+
     def _cancel_warm(self, uri: str) -> None:
         handle = self._warm.pop(uri, None)
         if handle is not None:

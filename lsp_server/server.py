@@ -87,6 +87,7 @@ def build_server(options: ServerOptions | None = None) -> KvblendServer:
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: KvblendServer, params: types.DidCloseTextDocumentParams) -> None:
+        ls.backend.closed(params.text_document.uri)
         ls.backend.set_open()
 
     @server.feature(types.TEXT_DOCUMENT_DID_SAVE)

@@ -304,3 +304,21 @@ def test_a_well_formed_agent_edit_converts():
     edit = lsp_workspace_edit(raw, "kvblend/applyAgentEdit")
     assert edit.document_changes[0].edits[0].new_text == "x"
     assert isinstance(edit.document_changes[1], types.RenameFile) and edit.change_annotations["n"].label == "agent"
+
+
+def test_did_close_cancels_the_documents_warm_up_and_drops_its_running_request(tmp_path):
+    ls = InProcess(tmp_path)
+    uri = (tmp_path / "a.py").as_uri()
+    ls.open(uri, "x = 1\n")
+    backend = ls.server.backend
+
+    class Timer:  # what loop.call_later returned for the pending warm-up
+        cancelled = False
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    timer = backend._warm[uri] = Timer()
+    backend._latest[uri] = 7  # a completion request in flight: it polls whether it is still the latest
+    ls.send("textDocument/didClose", {"textDocument": {"uri": uri}})
+    assert timer.cancelled and uri not in backend._warm and uri not in backend._latest  # nothing kept
