@@ -134,3 +134,26 @@ def test_rms_norm_is_the_hugging_face_formula_bit_for_bit(dtype):
     xf = x.float()
     expected = norm.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype)
     assert torch.equal(norm(x), expected)
+
+
+@pytest.mark.parametrize(("n_heads", "n_kv_heads", "T"), [(4, 2, 1), (6, 1, 1), (4, 2, 3), (4, 4, 1)])
+def test_attention_over_every_key_folds_the_query_group_exactly(n_heads, n_kv_heads, T, monkeypatch):
+    """A decode step (no mask) folds each KV head's query group into the query axis: the same output as the
+    kernel's own GQA, and the kernel sees no repeated heads."""
+    from blend.config import ModelConfig
+    from blend.model import Attention
+
+    cfg = ModelConfig(vocab_size=64, dim=64, n_layers=1, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=16,
+                      intermediate_size=32)  # fmt: skip
+    attn = Attention(cfg)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, n_heads, T, 16, generator=g)
+    k, v = (torch.randn(1, n_kv_heads, 37, 16, generator=g) for _ in range(2))
+    sdpa, shapes = torch.nn.functional.scaled_dot_product_attention, []
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q_, *a, **kw: shapes.append(q_.shape) or sdpa(q_, *a, **kw))  # fmt: skip
+    out = attn.attend(q, k, v, None, False)
+    expected = sdpa(q, k.repeat_interleave(n_heads // n_kv_heads, 1), v.repeat_interleave(n_heads // n_kv_heads, 1))
+    expected = attn.o_proj(expected.transpose(1, 2).reshape(1, T, n_heads * 16))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    assert shapes == [(1, n_kv_heads, n_heads // n_kv_heads * T, 16)]
