@@ -59,6 +59,9 @@ class Capsule:
     created: float = dataclasses.field(default_factory=time.time)
     id: str = dataclasses.field(default_factory=new_id)
     version: int = FORMAT_VERSION
+    # How the KV was computed beyond the model (e.g. "exact", "blend:0.15"): KV of the same tokens differs
+    # between recipes, so a search for one never returns another's capsule. "" (files written before): none.
+    recipe: str = ""
 
     def __post_init__(self) -> None:
         assert len(self.tokens) == self.kv.n, (len(self.tokens), self.kv.n)
@@ -78,7 +81,7 @@ class Capsule:
         return {
             "id": self.id, "uri": self.uri, "doc_version": self.doc_version, "text_hash": self.text_hash,
             "n_tokens": self.n, "fingerprint": self.fingerprint, "parent": self.parent, "created": self.created,
-            "bytes": self.bytes, "version": self.version,
+            "bytes": self.bytes, "version": self.version, "recipe": self.recipe,
         }  # fmt: skip
 
 
@@ -112,12 +115,13 @@ def snapshot(
     text_hash: str = "",
     parent: str | None = None,
     spare_tokens: int = SPARE_TOKENS,
+    recipe: str = "",
 ) -> Capsule:
     """Capture `cache` (exactly `tokens`, in slot order) as a new capsule; the live session stays untouched.
 
     The KV is copied once into a buffer with `spare_tokens` free slots behind it (a clone: ~4 ms at 2k tokens,
     ~70 ms at 16k on this CPU, done after the completion is sent). `last_logits: [vocab]` are the logits the
-    model gave after `tokens[-1]`.
+    model gave after `tokens[-1]`. `recipe` names how the KV was computed (see `Capsule.recipe`).
     """
     n = cache.n
     if len(tokens) != n:
@@ -133,7 +137,7 @@ def snapshot(
     sampling = dataclasses.asdict(sampler.params) if sampler is not None else None
     return Capsule(
         [int(t) for t in tokens], buf, last_logits.detach().float().clone(), fingerprint, state, sampling,
-        uri, doc_version, text_hash, parent,
+        uri, doc_version, text_hash, parent, recipe=recipe,
     )  # fmt: skip
 
 

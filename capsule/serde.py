@@ -10,7 +10,7 @@ it came from, and rounding the KV would change logits.
 
 header: {"format": 1, "id", "n", "shape": [n_layers, n_kv_heads, head_dim], "dtype", "vocab", "fingerprint",
 "uri", "doc_version", "text_hash", "parent", "created", "sampling", "sampler_bytes", "pos0" (or absent when a
-positions section follows), "len": payload bytes}.
+positions section follows), "recipe" (absent in older files: ""), "len": payload bytes}.
 
 Check: every byte after the fixed 24, read as little-endian u64 words, by their wrapping sum (as in
 `indexer.serde`: a flipped bit changes it, truncation changes the length; one pass on torch's threads). The
@@ -89,6 +89,7 @@ def _header(c: Capsule) -> dict:
         "fingerprint": c.fingerprint, "uri": c.uri,
         "doc_version": c.doc_version, "text_hash": c.text_hash, "parent": c.parent, "created": c.created,
         "sampling": c.sampling, "sampler_bytes": None if c.sampler_state is None else int(c.sampler_state.numel()),
+        "recipe": c.recipe,
     }  # fmt: skip
     if torch.equal(pos, torch.arange(p0, p0 + c.n)):
         head["pos0"] = p0
@@ -212,6 +213,7 @@ def _checked(head) -> dict:
     out["pos0"] = _count(head, "pos0", low=-_MAX_POSITION, optional=True)
     if out["pos0"] is not None and out["pos0"] + out["n"] > _MAX_POSITION:
         raise CapsuleFormatError(f"header field 'pos0' is {out['pos0']}: positions would overflow int64")
+    out["recipe"] = _field(head, "recipe", (str,), "")
     out["len"] = _count(head, "len")
     return out
 
@@ -327,6 +329,7 @@ def _read(f, size: int, spare: int, device) -> Capsule:
         return Capsule(
             ids.long().tolist(), buf, logits, head["fingerprint"], state, head["sampling"], head["uri"],
             head["doc_version"], head["text_hash"], head["parent"], head["created"], head["id"], head["format"],
+            head["recipe"],
         )  # fmt: skip
     except (TypeError, AssertionError) as e:
         raise CapsuleFormatError(f"inconsistent header: {e}") from None

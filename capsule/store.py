@@ -44,17 +44,24 @@ class _Entry:
     tokens: np.ndarray  # int32 [n]
     bytes: int  # in memory (spare tail included)
     disk_bytes: int = 0  # file size; 0: not on disk
+    recipe: str = ""  # Capsule.recipe
 
     @classmethod
     def of(cls, c: Capsule) -> _Entry:
         toks = np.asarray(c.tokens, dtype=np.int32)
-        return cls(c.id, c.uri, c.text_hash, c.doc_version, c.fingerprint, c.parent, c.created, toks, c.bytes)
+        return cls(c.id, c.uri, c.text_hash, c.doc_version, c.fingerprint, c.parent, c.created, toks, c.bytes,
+                   recipe=c.recipe)  # fmt: skip
+
+    def matches(self, fingerprint: str | None, recipe: str | None) -> bool:
+        """Of this model (and KV recipe); None: any."""
+        return (fingerprint is None or self.fingerprint == fingerprint) and (recipe is None or self.recipe == recipe)
 
     def info(self, where: str) -> dict:
         return {
             "id": self.id, "uri": self.uri, "doc_version": self.doc_version, "text_hash": self.text_hash,
             "n_tokens": int(self.tokens.shape[0]), "fingerprint": self.fingerprint, "parent": self.parent,
             "created": self.created, "bytes": self.bytes, "disk_bytes": self.disk_bytes, "where": where,
+            "recipe": self.recipe,
         }  # fmt: skip
 
 
@@ -118,6 +125,9 @@ class CapsuleStore:
             self._disk.move_to_end(c.id)
             return True
         try:
+            # The directory may be gone (a cache cleanup while the server runs): made again, or every later
+            # spill would fail and drop its capsule until a restart.
+            self.config.disk_dir.mkdir(parents=True, exist_ok=True)
             size = serde.write(c, self._path(c.id), self.config.fsync)
         except (OSError, CapsuleError) as e:
             log.warning("cannot spill capsule %s to %s: %s", c.id, self.config.disk_dir, e)
@@ -193,6 +203,11 @@ class CapsuleStore:
                 return c
             if cid not in self._disk:
                 return None
+            if not self._path(cid).is_file():  # deleted by another store on the directory (or by hand): not damage
+                log.info("capsule file %s is gone", self._path(cid))
+                self._unlink(cid)
+                self._index.pop(cid, None)
+                return None
             try:
                 c = serde.read(self._path(cid), self.config.spare_tokens)
                 if c.id != cid:
@@ -246,20 +261,20 @@ class CapsuleStore:
             return out
 
     def longest_prefix(
-        self, uri: str | None, tokens: list[int], fingerprint: str | None = None
+        self, uri: str | None, tokens: list[int], fingerprint: str | None = None, recipe: str | None = None
     ) -> tuple[Capsule, int] | None:
         """The capsule sharing the longest token prefix with `tokens` (>= 1 token), with that length.
 
         Any uri qualifies; on equal length this `uri`'s capsules win, then the newest. Only capsules of
-        `fingerprint` are considered when it is given. To resume: keep k = n tokens when n == capsule.n
-        (its last logits hold), else k = min(n, len(tokens) - 1) so at least one token is prefilled for
-        fresh logits; then `restore(capsule, fp, n_tokens=k)` and prefill `tokens[k:]`.
+        `fingerprint` and of `recipe` are considered when they are given. To resume: keep k = n tokens when
+        n == capsule.n (its last logits hold), else k = min(n, len(tokens) - 1) so at least one token is
+        prefilled for fresh logits; then `restore(capsule, fp, n_tokens=k)` and prefill `tokens[k:]`.
         """
         want = np.asarray(tokens, dtype=np.int32)
         with self._lock:
             scored = []
             for e in self._index.values():
-                if fingerprint is not None and e.fingerprint != fingerprint:
+                if not e.matches(fingerprint, recipe):
                     continue
                 n = common_prefix(e.tokens, want)
                 if n:
@@ -270,12 +285,14 @@ class CapsuleStore:
                     return c, n
             return None
 
-    def by_text_hash(self, uri: str, text_hash: str, fingerprint: str | None = None) -> Capsule | None:
+    def by_text_hash(
+        self, uri: str, text_hash: str, fingerprint: str | None = None, recipe: str | None = None
+    ) -> Capsule | None:
         """The newest capsule of `uri` taken when the document had this text (an undo back to it)."""
         with self._lock:
             hits = [
                 e for e in self._index.values()
-                if e.uri == uri and e.text_hash == text_hash and (fingerprint is None or e.fingerprint == fingerprint)
+                if e.uri == uri and e.text_hash == text_hash and e.matches(fingerprint, recipe)
             ]  # fmt: skip
             for e in sorted(hits, key=lambda e: e.created, reverse=True):
                 c = self.get(e.id)
@@ -329,8 +346,9 @@ def scan_dir(directory: Path) -> tuple[list[_Entry], list[tuple[Path, str]]]:
     """Index every capsule file in `directory` by its header and token ids, oldest file first. Reads only.
 
     Returns (entries, damaged): damaged holds (path, reason) for every *.capsule that is not a capsule file with
-    a sound header named after its id. Neither the KV nor the sum is read: `CapsuleStore.get` verifies a file
-    when it loads it, `verify_dir` reads them all.
+    a sound header named after its id; a file deleted while the directory is read (another store) is left out.
+    Neither the KV nor the sum is read: `CapsuleStore.get` verifies a file when it loads it, `verify_dir` reads
+    them all.
     """
     found, damaged = [], []
     for p in Path(directory).iterdir():
@@ -339,11 +357,10 @@ def scan_dir(directory: Path) -> tuple[list[_Entry], list[tuple[Path, str]]]:
         try:
             head, tokens = serde.read_info(p)
             st = p.stat()
-        except CapsuleError as e:
-            damaged.append((p, str(e)))
-            continue
-        except OSError as e:
-            damaged.append((p, f"cannot read {p}: {e.strerror}"))
+        except (CapsuleError, OSError) as e:
+            if not os.path.lexists(p):  # dropped by another store (or a CLI) while listing: gone, not damaged
+                continue
+            damaged.append((p, str(e) if isinstance(e, CapsuleError) else f"cannot read {p}: {e.strerror}"))
             continue
         err = _misnamed(p, head["id"])
         if err is not None:
@@ -351,7 +368,7 @@ def scan_dir(directory: Path) -> tuple[list[_Entry], list[tuple[Path, str]]]:
             continue
         e = _Entry(
             head["id"], head["uri"], head["text_hash"], head["doc_version"], head["fingerprint"], head["parent"],
-            head["created"], np.asarray(tokens, np.int32), 0, st.st_size,
+            head["created"], np.asarray(tokens, np.int32), 0, st.st_size, head["recipe"],
         )  # fmt: skip
         found.append((st.st_mtime, e))
     found.sort(key=lambda f: f[0])
@@ -366,13 +383,15 @@ def list_dir(directory: Path, uri: str | None = None) -> tuple[list[dict], list[
 
 
 def verify_dir(directory: Path) -> list[tuple[Path, str | None]]:
-    """Fully read and verify every capsule file in `directory`: (path, None if sound else the error). Reads only."""
+    """Fully read and verify every capsule file in `directory`: (path, None if sound else the error). Reads only;
+    a file deleted while it runs (another store) is left out."""
     out = []
     for p in sorted(Path(directory).glob(f"*{serde.SUFFIX}")):
         try:
             out.append((p, _misnamed(p, serde.read(p, spare_tokens=0).id)))
         except CapsuleError as e:
-            out.append((p, str(e)))
+            if os.path.lexists(p):  # else dropped by another store while verifying: gone, not damaged
+                out.append((p, str(e)))
     return out
 
 

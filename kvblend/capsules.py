@@ -8,6 +8,8 @@ looks for the capsule sharing the longest token prefix with its prompt; when tha
 repository context it restores it (O(1) when the whole capsule matches) and prefills only the rest. An
 undo that brings the document and cursor back to a captured state matches a capsule exactly: its logits
 are used as they are, with no prefill at all. Each document's capsules form an undo tree (`SessionTree`).
+Only capsules of the request's KV recipe (`kv_recipe`: the context mode and blend ratio) are resumed: the
+same tokens hold other KV under another mode, and resuming it would answer as the mode the user left.
 """
 
 from __future__ import annotations
@@ -24,6 +26,19 @@ from capsule.capsule import Capsule, RestoredState
 from capsule.store import common_prefix
 
 log = logging.getLogger(__name__)
+
+# Context modes whose KV is that of a plain causal prefill (prefix: the header's exact prefix + a prefill).
+_EXACT_MODES = ("full", "prefix", "none")
+
+
+def kv_recipe(mode: str, recompute_ratio: float) -> str:
+    """How a context's KV is computed, as capsules are matched on it (`Capsule.recipe`).
+
+    `mode` is the mode a request's context was built by (blend with no chunks is a full prefill). Exact modes
+    share one recipe; naive reuses chunk KV as it is; blend's KV depends on its recompute ratio."""
+    if mode in _EXACT_MODES:
+        return "exact"
+    return f"blend:{float(recompute_ratio)!r}" if mode == "blend" else mode
 
 
 @dataclasses.dataclass
@@ -46,18 +61,26 @@ class CapsuleKeeper:
             return self.trees.setdefault(uri, SessionTree(uri))
 
     def take(
-        self, uri: str, cache: KVCache, tokens: list[int], logits: torch.Tensor, doc_text: str, version: int | None
+        self,
+        uri: str,
+        cache: KVCache,
+        tokens: list[int],
+        logits: torch.Tensor,
+        doc_text: str,
+        version: int | None,
+        recipe: str = "",
     ) -> Capsule:
-        """Snapshot `cache` (exactly `tokens`) with the logits after its last token; committed to the uri's tree."""
+        """Snapshot `cache` (exactly `tokens`, its KV made by `recipe`) with the logits after its last token;
+        committed to the uri's tree."""
         tree = self.tree(uri)
         c = snapshot(cache, tokens, logits, self.fingerprint, uri=uri, doc_version=version,
-                     text_hash=text_hash(doc_text), parent=tree.current)  # fmt: skip
+                     text_hash=text_hash(doc_text), parent=tree.current, recipe=recipe)  # fmt: skip
         self.store.put(c)
         tree.commit(c)
         return c
 
-    def resume(self, uri: str, prompt: list[int], min_common: int, extra: int) -> Resumed | None:
-        """Restore the capsule sharing the longest prefix (>= `min_common` tokens) with `prompt`.
+    def resume(self, uri: str, prompt: list[int], min_common: int, extra: int, recipe: str = "") -> Resumed | None:
+        """Restore the capsule of `recipe` sharing the longest prefix (>= `min_common` tokens) with `prompt`.
 
         Keeps all of a capsule that `prompt` extends or equals (O(1), its logits when equal), else at most
         len(prompt) - 1 tokens so that one token at least runs for fresh logits."""
@@ -65,10 +88,10 @@ class CapsuleKeeper:
         pin = self.pinned.get(uri)
         if pin is not None:
             c = self.store.get(pin, self.fingerprint)
-            if c is not None:
+            if c is not None and c.recipe == recipe:  # another recipe's pin waits for its own mode
                 found = (c, common_prefix(c.tokens, prompt))
         if found is None or found[1] < min_common:
-            found = self.store.longest_prefix(uri, prompt, self.fingerprint)
+            found = self.store.longest_prefix(uri, prompt, self.fingerprint, recipe)
         if found is None or found[1] < min_common:
             return None
         c, n = found
@@ -94,8 +117,17 @@ class CapsuleKeeper:
         return c.info()
 
     def undo(self, uri: str) -> dict | None:
-        cid = self.tree(uri).undo()
-        return self.pin(cid) if cid is not None else None
+        """Pin the nearest ancestor whose capsule the store still has; None (and no move) when none has.
+
+        The store's budgets evict capsules the tree still names: pinning such a node failed after the cursor
+        had moved, so each retry of an undo walked one step further up."""
+        tree = self.tree(uri)
+        start = tree.current
+        while (cid := tree.undo()) is not None:
+            if self.store.get(cid, self.fingerprint) is not None:
+                return self.pin(cid)
+        tree.cursors[tree.branch] = start
+        return None
 
     def fork(self, cid: str, n: int) -> list[str]:
         c = self.store.get(cid, self.fingerprint)

@@ -36,7 +36,7 @@ from indexer.chunker import Chunk
 from indexer.indexer import Indexer
 from indexer.retrieval import RetrievalRequest, Retriever
 from indexer.secrets import is_secret_path, secret_in_span
-from kvblend.capsules import CapsuleKeeper
+from kvblend.capsules import CapsuleKeeper, kv_recipe
 from kvblend.completion import Completion, CompletionRequest
 from kvblend.engine import Engine, EngineRequest, TorchEngine
 from kvblend.settings import Settings
@@ -64,6 +64,7 @@ class _Session:
     uri: str = ""
     text: str = ""  # the document text of the last prompt
     version: int | None = None
+    recipe: str = ""  # how its context KV was made (kv_recipe): what a capsule of it is resumed by
 
 
 class Completer:
@@ -275,10 +276,11 @@ class Completer:
             return logits, session, len(full), {"context": context, "prefilled": len(full) - n, "reused": n,
                                                 "kv_path": "session"}  # fmt: skip
         extra = max(s.max_tokens, s.max_line_tokens) + 16
+        recipe = kv_recipe(s.mode if chunks else "full", s.recompute_ratio)  # the mode `_build` picks
         resumed = None
         if self.capsules is not None and s.session_reuse:
             t = time.perf_counter()
-            resumed = self.capsules.resume(req.uri or req.path, full, len(ctx_tokens), extra)
+            resumed = self.capsules.resume(req.uri or req.path, full, len(ctx_tokens), extra, recipe)
             if resumed is not None:
                 with torch.inference_mode():
                     logits = resume_logits(model, resumed.state, full[resumed.keep :])
@@ -286,11 +288,11 @@ class Completer:
                 cache, prefilled, kv_path = resumed.state.cache, len(full) - resumed.keep, "capsule"
         if resumed is None:
             logits, cache, prefilled, kv_path = self._build(header, chunks, ctx_tokens, local, timings)
-        session = _Session(keys, context, full, cache)
+        session = _Session(keys, context, full, cache, recipe=recipe)
         self._mark(session, req, logits)
         if self.capsules is not None and s.session_reuse and kv_path != "capsule":
             t = time.perf_counter()  # a new context: worth keeping (an undo or a return to it restores it)
-            self.capsules.take(req.uri or req.path, cache, full, logits, req.text, req.version)
+            self.capsules.take(req.uri or req.path, cache, full, logits, req.text, req.version, recipe)
             timings["snapshot"] = _ms(t)
         if s.session_reuse:
             self._sessions[req.path] = session
@@ -397,7 +399,7 @@ class Completer:
             session.cache.truncate(n)  # drop generated tokens: the capsule ends at the prompt
             session.tokens = session.tokens[:n]
             c = self.capsules.take(uri, session.cache, session.tokens, session.prompt_logits, session.text,
-                                   session.version)  # fmt: skip
+                                   session.version, session.recipe)  # fmt: skip
             return c.info()
 
     # -- reporting -----------------------------------------------------------------------------
