@@ -36,10 +36,11 @@ def commit_texts(root: Path, n_commits: int, diff_lines: int, is_ignored=None) -
     except git.GitCommandError as e:
         log.warning("cannot read git history of %s: %s", root, _first_line(e))
         return []
+    shallow = _shallow_commits(repo)
     out = []
     for c in commits:
         try:
-            out.append((c.hexsha[:12], _summary(git, c, diff_lines, is_ignored)))
+            out.append((c.hexsha[:12], _summary(git, c, diff_lines, is_ignored, c.hexsha in shallow)))
         except (git.GitCommandError, ValueError) as e:
             log.warning("commit %s not indexed: %s", c.hexsha[:12], _first_line(e))
     return out
@@ -55,12 +56,22 @@ def _first_line(e: Exception) -> str:
     return message.splitlines()[0] if message else type(e).__name__
 
 
-def _summary(git, commit, diff_lines: int, is_ignored) -> str:
-    parent = commit.parents[0] if commit.parents else None
-    diffs = parent.diff(commit, create_patch=True) if parent else commit.diff(git.NULL_TREE, create_patch=True)
+def _shallow_commits(repo) -> set[str]:
+    """The commits of a shallow clone whose parents were not fetched (`<git dir>/shallow`, one sha a line)."""
+    try:
+        return set(Path(repo.common_dir, "shallow").read_text().split())
+    except OSError:
+        return set()
+
+
+def _summary(git, commit, diff_lines: int, is_ignored, shallow: bool = False) -> str:
     when = commit.committed_datetime.isoformat()
     parts = [f"commit {commit.hexsha[:12]}\nAuthor: {commit.author.name}\nDate: {when}\n\n"]
     parts.append(redact_lines(commit.message.strip()) + "\n\n")
+    if shallow:  # its parent is not in the clone: no diff to show (a whole tree as "added" would say nothing)
+        return redact_lines("".join(parts) + "(shallow clone: parent not fetched, diff not shown)\n")
+    parent = commit.parents[0] if commit.parents else None
+    diffs = parent.diff(commit, create_patch=True) if parent else commit.diff(git.NULL_TREE, create_patch=True)
     stats, excerpts, budget = [], [], diff_lines
     for d in sorted(diffs, key=lambda d: d.b_path or d.a_path or ""):
         path = d.b_path or d.a_path or "?"

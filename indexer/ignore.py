@@ -102,7 +102,11 @@ class IgnoreRules:
 
     @staticmethod
     def is_rule_file(rel: str) -> bool:
-        return rel == KVBLEND_IGNORE or rel == ".gitignore" or rel.endswith("/.gitignore")
+        """Whether a change at `rel` may change what is ignored anywhere: an ignore file, or the `.kvblend`
+        directory (moved or deleted as a whole, its ignore file sends no event of its own)."""
+        if rel == KVBLEND_IGNORE or KVBLEND_IGNORE.startswith(rel + "/"):
+            return True
+        return rel == ".gitignore" or rel.endswith("/.gitignore")
 
 
 def _read_lines(path: Path) -> list[str]:

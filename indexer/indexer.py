@@ -95,6 +95,11 @@ class Indexer:
         self.engine_seconds = 0.0  # time spent in the engine by this indexer
         self.generation = 0  # bumped whenever the set of chunks changes (retrieval caches key on it)
         self._hashes: dict[str, str] = {}  # path -> text hash of the version indexed
+        # While `index()` works from a walk read earlier, `update` stamps what it looks at (path or directory ->
+        # update number): index leaves alone what an update saw after its walk began (newer than the walk).
+        self._updates = 0
+        self._stamps: dict[str, int] = {}
+        self._indexing = 0  # index() calls in progress (stamps are kept only while one is)
         self._lock = threading.RLock()
         self._count = threading.Lock()  # computed, engine_seconds: updated by every precompute worker
         self._background = False
@@ -151,13 +156,16 @@ class Indexer:
     # -- index maintenance -------------------------------------------------------------------
 
     def _rel(self, path: str | Path) -> str | None:
-        p = Path(path)
-        p = p if p.is_absolute() else self.cfg.root / p
-        try:
-            rel = Path(os.path.normpath(p)).relative_to(self.cfg.root)
-        except ValueError:
-            return None
-        return rel.as_posix() if str(rel) != "." else ""
+        """`path` relative to the root, or None outside it. The root is resolved, while editors and watchers may
+        name files through a link to it: the parent is resolved too (not the file itself, which may be a link)."""
+        p = Path(os.path.normpath(path if Path(path).is_absolute() else self.cfg.root / path))
+        if not p.is_relative_to(self.cfg.root):
+            real = Path(os.path.realpath(p))
+            p = real if real == self.cfg.root else Path(os.path.realpath(p.parent)) / p.name
+            if not p.is_relative_to(self.cfg.root):
+                return None
+        rel = p.relative_to(self.cfg.root).as_posix()
+        return "" if rel == "." else rel
 
     def _set_file(self, sf: SourceFile, result: UpdateResult) -> None:
         h = text_hash(sf.text)
@@ -175,15 +183,25 @@ class Indexer:
         self.generation += 1
         self._enqueue([c for c in chunks if c.key not in old_keys], result)
 
-    def _set_files(self, files: list[SourceFile], result: UpdateResult) -> None:
+    def _set_files(self, files: list[SourceFile], result: UpdateResult, since: int) -> None:
+        """Index's files, read by its walk: those an update has looked at since (`since`: the update number when
+        the walk began) are newer in the index than in the walk, and left alone."""
         for sf in files:
             if self._background:
                 self.queue.pause_while_held()
             with self._lock:
-                self._set_file(sf, result)
+                if not self._updated_since(sf.path, since):
+                    self._set_file(sf, result)
 
-    def _drop(self, rel: str, result: UpdateResult) -> None:
-        for path in [p for p in self.files if p == rel or p.startswith(rel + "/") or not rel]:
+    def _updated_since(self, rel: str, since: int) -> bool:
+        """Whether an update after number `since` looked at `rel` or a directory above it ("": the root)."""
+        parts = rel.split("/")
+        return any(self._stamps.get("/".join(parts[:i]), 0) > since for i in range(len(parts) + 1))
+
+    def _drop(self, rel: str, result: UpdateResult, itself: bool = True, below: bool = True) -> None:
+        """Drop the file `rel` (`itself`) and the files below it (`below`; rel "": every file)."""
+        under = [p for p in self.files if not rel or p.startswith(rel + "/")] if below else []
+        for path in under + ([rel] if itself and rel in self.files else []):
             result.removed += len({c.key for c in self.files.pop(path)})
             self._hashes.pop(path, None)
             self.generation += 1
@@ -199,13 +217,19 @@ class Indexer:
         result = UpdateResult()
         with self._lock:
             rels = sorted({r for r in (self._rel(p) for p in paths) if r is not None})
-            if any(IgnoreRules.is_rule_file(r) for r in rels):
-                self.rules = IgnoreRules(self.cfg.root, self.cfg.ignores)
-                rels = [""]  # what is ignored changed: look at everything again
             for rel in rels:
                 if rel and recent:
                     self.recent.pop(rel, None)
                     self.recent[rel] = None
+            # The rules are read again every time: a directory renamed, or deleted and made again, must be judged
+            # by the .gitignore it holds now, not by one read earlier under its name.
+            self.rules = IgnoreRules(self.cfg.root, self.cfg.ignores)
+            if any(IgnoreRules.is_rule_file(r) for r in rels):
+                rels = [""]  # what is ignored changed: look at everything again
+            self._updates += 1
+            for rel in rels:
+                if self._indexing:
+                    self._stamps[rel] = self._updates
                 self._update_one(rel, result)
         return self._finish(result)
 
@@ -215,6 +239,7 @@ class Indexer:
             if rel and self.rules.is_ignored(rel, is_dir=True):
                 self._drop(rel, result)
                 return
+            self._drop(rel, result, below=False)  # a file replaced by this directory
             for sf in self._walk(rel, result):
                 self._set_file(sf, result)
             return
@@ -224,16 +249,21 @@ class Indexer:
             if got != "missing":
                 result.skipped[got] += 1
             return
+        self._drop(rel, result, itself=False)  # a directory replaced by this file
         self._set_file(got, result)
 
-    def _walk(self, rel: str, result: UpdateResult, walk: WalkResult | None = None) -> list[SourceFile]:
+    def _walk(
+        self, rel: str, result: UpdateResult, walk: WalkResult | None = None, since: int | None = None
+    ) -> list[SourceFile]:
         """The indexable files below directory `rel` (`walk`: already read) in precompute-priority order (open,
         recently edited, README, the rest; path order within each); files indexed before and gone now are
-        dropped. The caller holds the lock."""
+        dropped, but for those an update looked at after number `since` (index's walk is older than them). The
+        caller holds the lock."""
         walk = walk or walk_workspace(self.cfg, self.rules, under=rel)
         seen = {f.path for f in walk.files}
         for p in [p for p in self.files if (not rel or p.startswith(rel + "/")) and p not in seen]:
-            self._drop(p, result)
+            if since is None or not self._updated_since(p, since):
+                self._drop(p, result)
         result.skipped.update(walk.skipped)
         return sorted(walk.files, key=lambda f: self._file_priority(f.path))  # stable: path order within
 
@@ -259,31 +289,16 @@ class Indexer:
     def index(self) -> IndexStats:
         """Walk the whole workspace and the git history; compute every chunk missing from the store."""
         t0, computed0, engine0 = time.perf_counter(), self.computed, self.engine_seconds
-        # Queued in priority order: open, recently edited and README files, then the commits, then the rest.
-        # The workers start once the first three are queued and compute while the rest is being chunked
-        # (claims stay in priority order: nothing queued later outranks what is queued).
-        # The lock is taken per file, so requests (retrieval) are not held up by a long walk, and in background
-        # mode the walk also pauses between files while a request holds the queue.
-        result = UpdateResult()
-        walk = walk_workspace(self.cfg, self.rules)  # reads the files: no lock needed
         with self._lock:
-            files = self._walk("", result, walk)
-            self.skipped = result.skipped
-        n_first = sum(self._file_priority(f.path) < Priority.REST for f in files)
-        self._set_files(files[:n_first], result)
-        self._set_commits(result)
-        pipelined = not self._background and self.cfg.precompute
-        if pipelined:
-            self.start()
+            since = self._updates  # what later updates look at is newer than the walk below
+            self._indexing += 1
         try:
-            self._set_files(files[n_first:], result)
-            self._finish(result)
-            if self._background:
-                self.queue.wait()
+            self._index_all(since)
         finally:
-            if pipelined:
-                self.queue.stop()
-                self._background = False
+            with self._lock:
+                self._indexing -= 1
+                if not self._indexing:
+                    self._stamps.clear()
         seconds = time.perf_counter() - t0
         chunks = self.chunks()
         tokens = sum(c.n_tokens for c in chunks)
@@ -301,6 +316,36 @@ class Indexer:
             engine_seconds=round(self.engine_seconds - engine0, 4),
             workers=self.workers,
         )
+
+    def _index_all(self, since: int) -> None:
+        # Queued in priority order: open, recently edited and README files, then the commits, then the rest.
+        # The workers start once the first three are queued and compute while the rest is being chunked
+        # (claims stay in priority order: nothing queued later outranks what is queued).
+        # The lock is taken per file, so requests (retrieval) are not held up by a long walk, and in background
+        # mode the walk also pauses between files while a request holds the queue. Updates may run meanwhile
+        # (the watcher, the editor): what they looked at after `since` is newer than this walk and kept.
+        result = UpdateResult()
+        with self._lock:
+            self.rules = IgnoreRules(self.cfg.root, self.cfg.ignores)  # the ignore files as they are now
+        walk = walk_workspace(self.cfg, self.rules)  # reads the files: no lock needed
+        with self._lock:
+            files = self._walk("", result, walk, since)
+            self.skipped = result.skipped
+        n_first = sum(self._file_priority(f.path) < Priority.REST for f in files)
+        self._set_files(files[:n_first], result, since)
+        self._set_commits(result)
+        pipelined = not self._background and self.cfg.precompute
+        if pipelined:
+            self.start()
+        try:
+            self._set_files(files[n_first:], result, since)
+            self._finish(result)
+            if self._background:
+                self.queue.wait()
+        finally:
+            if pipelined:
+                self.queue.stop()
+                self._background = False
 
     # -- queries -----------------------------------------------------------------------------
 

@@ -121,12 +121,15 @@ class Retriever:
         avg = sum(ch.n_tokens for ch in chunks) / n
         scores = []
         for ch in chunks:
-            s = 0.0
+            terms = []
             for t in query.intersection(ch.terms):
                 tf = ch.terms[t]
                 idf = math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5))
-                s += idf * tf * (c.bm25_k1 + 1) / (tf + c.bm25_k1 * (1 - c.bm25_b + c.bm25_b * ch.n_tokens / avg))
-            scores.append(s)
+                norm = c.bm25_k1 * (1 - c.bm25_b + c.bm25_b * ch.n_tokens / avg)
+                terms.append(idf * tf * (c.bm25_k1 + 1) / (tf + norm))
+            # fsum: exact, so the score does not depend on the set's order (string hashes change per process,
+            # and a sum in another order differs in the last bits: ties broke differently after a restart)
+            scores.append(math.fsum(terms))
         return scores
 
     def score(self, chunks: list[Chunk], req: RetrievalRequest) -> list[float]:

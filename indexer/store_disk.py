@@ -98,6 +98,7 @@ class DiskStore(KVStore):
                 os.close(fd)
             kv = serde.decode(buf, key, self.shape)
         except FileNotFoundError:
+            self._forget(rel)  # deleted by another process sharing the directory: stop counting its bytes
             return None
         except serde.CorruptEntry as e:
             log.warning("dropping corrupt disk entry %s: %s", key.to_str(), e)
@@ -174,6 +175,7 @@ class DiskStore(KVStore):
                 size = os.fstat(f.fileno()).st_size
                 ok = serde.declared_size(f.read(4096)) == size
         except FileNotFoundError:
+            self._forget(key.relpath())
             return False
         except (OSError, serde.CorruptEntry):
             ok = False
@@ -185,9 +187,12 @@ class DiskStore(KVStore):
 
     def delete(self, key: ChunkKey) -> None:
         rel = key.relpath()
+        self._forget(rel)
+        _unlink(self.dir / rel)
+
+    def _forget(self, rel: str) -> None:
         with self._lock:
             self._bytes -= self._sizes.pop(rel, 0)
-        _unlink(self.dir / rel)
 
     def nbytes(self) -> int:
         return self._bytes

@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import logging
 import os
+import stat
 from pathlib import Path
 
 from indexer.config import IndexerConfig
@@ -29,6 +30,9 @@ BINARY_EXTENSIONS = frozenset(
     ).split()
 )
 _SNIFF = 8192  # bytes looked at for NULs
+# The checks before the read see the path, the read sees whatever is there by then: it never follows a link
+# swapped in (O_NOFOLLOW) and never waits on a FIFO (O_NONBLOCK); fstat then checks what was opened.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +54,19 @@ def read_source(cfg: IndexerConfig, rules: IgnoreRules, rel: str) -> SourceFile 
     return _read_checked(cfg, rel)
 
 
+def _bad_name(rel: str) -> bool:
+    """A name that is not UTF-8 on disk (Linux names are bytes; Python maps the bad ones to lone surrogates),
+    which no chunk header can hold: the tokenizer refuses such text."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _read_checked(cfg: IndexerConfig, rel: str) -> SourceFile | str:
+    if _bad_name(rel):
+        return "not_utf8_name"
     path = cfg.root / rel
     try:
         st = os.lstat(path)
@@ -68,11 +84,9 @@ def _read_checked(cfg: IndexerConfig, rel: str) -> SourceFile | str:
         return "too_large"
     if os.path.splitext(rel)[1].lower() in BINARY_EXTENSIONS:
         return "binary"
-    try:
-        with open(path, "rb") as f:
-            data = f.read(cfg.max_file_bytes + 1)
-    except OSError:
-        return "unreadable"
+    data = _read_regular(path, cfg.max_file_bytes + 1)
+    if isinstance(data, str):
+        return data
     if len(data) > cfg.max_file_bytes:
         return "too_large"
     if b"\0" in data[:_SNIFF]:
@@ -84,6 +98,26 @@ def _read_checked(cfg: IndexerConfig, rel: str) -> SourceFile | str:
     if find_secret(text) is not None:
         return "secret"  # the rule's name is not logged either: it says what kind of secret is where
     return SourceFile(rel, text)
+
+
+def _read_regular(path: Path, limit: int) -> bytes | str:
+    """Up to `limit` bytes of `path` if it is still a regular file when opened, else the reason it is not (the
+    file may have been replaced since it was looked at)."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return "symlink" if e.errno == errno.ELOOP else "unreadable"  # ELOOP: a link swapped in
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "not_a_file"
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(limit)
+    except OSError:
+        return "unreadable"
+    finally:
+        os.close(fd)
 
 
 def _link_reason(root: Path, link: Path) -> str:
@@ -117,7 +151,9 @@ def walk_workspace(cfg: IndexerConfig, rules: IgnoreRules | None = None, under: 
         subdirs = []
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            if entry.is_symlink():
+            if _bad_name(entry.name):
+                skipped["not_utf8_name"] += 1  # a directory counts once, like an ignored one
+            elif entry.is_symlink():
                 skipped[_link_reason(cfg.root, Path(entry.path))] += 1
             elif entry.is_dir(follow_symlinks=False):
                 if rules.matches(rel, True):

@@ -32,6 +32,8 @@ class Watcher(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed", "closed_no_write"):
             return
+        if event.is_directory and event.event_type == "modified":
+            return  # a child came, went or was renamed: its own event names it (this one would rewalk the directory)
         paths = [event.src_path, getattr(event, "dest_path", "") or ""]
         for p in paths:
             p = os.fsdecode(p)
@@ -42,7 +44,7 @@ class Watcher(FileSystemEventHandler):
                 if rel == ".git/HEAD" or rel.startswith(".git/refs/") or rel == ".git/packed-refs":
                     self._schedule(commits=True)
                 continue
-            if rel.startswith("..") or rel.startswith(".kvblend/cache"):
+            if _outside(rel) or _below(rel, ".kvblend/cache"):
                 continue
             self._schedule(path=p)
 
@@ -96,3 +98,11 @@ class Watcher(FileSystemEventHandler):
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _outside(rel: str) -> bool:
+    return rel == ".." or rel.startswith("../")  # not "..name", a file name like any other
+
+
+def _below(rel: str, directory: str) -> bool:
+    return rel == directory or rel.startswith(directory + "/")
