@@ -31,6 +31,8 @@ from indexer.walk import SourceFile, WalkResult, read_source, walk_workspace
 
 log = logging.getLogger(__name__)
 
+MAX_RECENT = 64  # recently edited paths kept (retrieval and precompute order); a rename storm left thousands
+
 
 @dataclasses.dataclass
 class UpdateResult:
@@ -221,6 +223,8 @@ class Indexer:
                 if rel and recent:
                     self.recent.pop(rel, None)
                     self.recent[rel] = None
+            while len(self.recent) > MAX_RECENT:  # every request carries the list: the oldest go
+                self.recent.popitem(last=False)
             # The rules are read again every time: a directory renamed, or deleted and made again, must be judged
             # by the .gitignore it holds now, not by one read earlier under its name.
             self.rules = IgnoreRules(self.cfg.root, self.cfg.ignores)

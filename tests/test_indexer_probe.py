@@ -352,3 +352,12 @@ def test_negation_and_nested_gitignore_match_git(tmp_path, rules, kept):
     by_git = sorted(p for p in out.stdout.split() if p.endswith(".py"))
     rules_now = IgnoreRules(root, DEFAULT_IGNORES)
     assert sorted(p for p in files if not rules_now.is_ignored(p)) == by_git == kept
+
+
+def test_recently_edited_paths_are_bounded_and_keep_the_newest(ws, lm):
+    idx = Indexer(_cfg(ws), lm)
+    idx.index()
+    n = indexer_module.MAX_RECENT + 40
+    for i in range(n):  # a rename storm: every path is new (and gone again)
+        idx.update([ws / f"gone_{i}.py"])
+    assert list(idx.recent) == [f"gone_{i}.py" for i in range(n - indexer_module.MAX_RECENT, n)]
