@@ -103,6 +103,7 @@ class Indexer:
         self._stamps: dict[str, int] = {}
         self._indexing = 0  # index() calls in progress (stamps are kept only while one is)
         self._lock = threading.RLock()
+        self._commits_lock = threading.Lock()
         self._count = threading.Lock()  # computed, engine_seconds: updated by every precompute worker
         self._background = False
 
@@ -278,17 +279,20 @@ class Indexer:
         return self._finish(result)
 
     def _set_commits(self, result: UpdateResult) -> None:
-        texts = commit_texts(self.cfg.root, self.cfg.n_commits, self.cfg.commit_diff_lines, self.rules.is_ignored)
-        with self._lock:
-            chunks = commit_chunks(self.chunker, texts)
-            old = {c.key for c in self.commits}
-            self.commits = chunks
-            self.generation += 1
-            new = {c.key for c in chunks}
-            result.added += len(new - old)
-            result.removed += len(old - new)
-            result.unchanged += len(new & old)
-            self._enqueue([c for c in chunks if c.key not in old], result)
+        # One reader of the history at a time: two overlapping refreshes (watcher flushes) could otherwise set
+        # the older read last. Not under the index lock: reading git may take a while.
+        with self._commits_lock:
+            texts = commit_texts(self.cfg.root, self.cfg.n_commits, self.cfg.commit_diff_lines, self.rules.is_ignored)
+            with self._lock:
+                chunks = commit_chunks(self.chunker, texts)
+                old = {c.key for c in self.commits}
+                self.commits = chunks
+                self.generation += 1
+                new = {c.key for c in chunks}
+                result.added += len(new - old)
+                result.removed += len(old - new)
+                result.unchanged += len(new & old)
+                self._enqueue([c for c in chunks if c.key not in old], result)
 
     def index(self) -> IndexStats:
         """Walk the whole workspace and the git history; compute every chunk missing from the store."""

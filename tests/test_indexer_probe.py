@@ -361,3 +361,29 @@ def test_recently_edited_paths_are_bounded_and_keep_the_newest(ws, lm):
     for i in range(n):  # a rename storm: every path is new (and gone again)
         idx.update([ws / f"gone_{i}.py"])
     assert list(idx.recent) == [f"gone_{i}.py" for i in range(n - indexer_module.MAX_RECENT, n)]
+
+
+def test_overlapping_commit_refreshes_end_with_the_newer_history(ws, lm, monkeypatch):
+    idx = Indexer(_cfg(ws, n_commits=5), lm)
+    idx.index()
+    first_reading, release = threading.Event(), threading.Event()
+    reads = iter(["old", "new"])
+
+    def commit_texts_(*a, **kw):  # the first refresh reads the history, then stalls before setting it
+        which = next(reads)
+        if which == "old":
+            first_reading.set()
+            release.wait(5)
+        return [("abc123", f"commit abc123\n\n{which} history\n")]
+
+    monkeypatch.setattr(indexer_module, "commit_texts", commit_texts_)
+    slow = threading.Thread(target=idx.refresh_commits)
+    slow.start()
+    assert first_reading.wait(5)
+    fast = threading.Thread(target=idx.refresh_commits)  # a later flush: the history has moved on
+    fast.start()
+    fast.join(0.3)
+    release.set()
+    slow.join(5)
+    fast.join(5)
+    assert [c.text.split("\n")[-2] for c in idx.commits] == ["new history"]
