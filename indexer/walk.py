@@ -54,19 +54,20 @@ def read_source(cfg: IndexerConfig, rules: IgnoreRules, rel: str) -> SourceFile 
     return _read_checked(cfg, rel)
 
 
-def _bad_name(rel: str) -> bool:
-    """A name that is not UTF-8 on disk (Linux names are bytes; Python maps the bad ones to lone surrogates),
-    which no chunk header can hold: the tokenizer refuses such text."""
+def _bad_name(rel: str) -> str | None:
+    """Why a name cannot go into a chunk header, or None. Not UTF-8 on disk (Linux names are bytes; Python maps
+    the bad ones to lone surrogates, which the tokenizer refuses), or holding a line break: the header is
+    `<|file_sep|>path\n`, so the rest of the name would read as the file's first line."""
     try:
         rel.encode("utf-8")
     except UnicodeEncodeError:
-        return True
-    return False
+        return "not_utf8_name"
+    return "line_break_in_name" if "\n" in rel or "\r" in rel else None
 
 
 def _read_checked(cfg: IndexerConfig, rel: str) -> SourceFile | str:
-    if _bad_name(rel):
-        return "not_utf8_name"
+    if (bad := _bad_name(rel)) is not None:
+        return bad
     path = cfg.root / rel
     try:
         st = os.lstat(path)
@@ -151,8 +152,8 @@ def walk_workspace(cfg: IndexerConfig, rules: IgnoreRules | None = None, under: 
         subdirs = []
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            if _bad_name(entry.name):
-                skipped["not_utf8_name"] += 1  # a directory counts once, like an ignored one
+            if (bad := _bad_name(entry.name)) is not None:
+                skipped[bad] += 1  # a directory counts once, like an ignored one
             elif entry.is_symlink():
                 skipped[_link_reason(cfg.root, Path(entry.path))] += 1
             elif entry.is_dir(follow_symlinks=False):
