@@ -7,10 +7,12 @@ the suggestion the server sent, and that the server counted it as shown and acce
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,8 +57,9 @@ def make_workspace(root: Path) -> Path:
     return geometry_workspace(root, MAIN, "# fixture\n\nA tiny workspace for the Neovim plugin test.\n")
 
 
-@pytest.fixture
-def nvim(tmp_path):
+@contextlib.contextmanager
+def running_nvim(tmp_path: Path) -> Iterator[Nvim]:
+    """A headless Neovim with the plugin on its runtimepath, its cwd a fixture workspace under tmp_path."""
     ws = make_workspace(tmp_path / "ws")
     address = str(tmp_path / "nvim.sock")
     env = dict(os.environ)
@@ -72,17 +75,26 @@ def nvim(tmp_path):
     client = Nvim(address)
     client.ws = ws
     client.log_dir = tmp_path / "xdg_state_home"
-    yield client
+    client.pid = proc.pid
     try:
-        client.request("nvim_command", "qall!")
-    except Exception:
-        pass
-    client.close()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    stderr.close()
+        yield client
+    finally:
+        try:
+            client.request("nvim_command", "qall!")
+        except Exception:
+            pass
+        client.close()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        stderr.close()
+
+
+@pytest.fixture
+def nvim(tmp_path):
+    with running_nvim(tmp_path) as client:
+        yield client
 
 
 def setup_plugin(nvim: Nvim, ghost: str) -> None:

@@ -1,7 +1,7 @@
 // kvblend for VS Code: start `kvblend serve` over stdio, show its inline completions as ghost text, forward
 // settings, feed the status bar and report shown/accepted suggestions. The server does the work.
 import * as vscode from "vscode";
-import { LanguageClient, LanguageClientOptions, ServerOptions } from "vscode-languageclient/node";
+import { LanguageClient, LanguageClientOptions, ServerOptions, State } from "vscode-languageclient/node";
 import { AcceptTracker } from "./accept";
 import { registerCommands } from "./commands";
 import { inlineMiddleware } from "./inline";
@@ -9,6 +9,22 @@ import { initializationOptions, needsRestart, serverCommand, serverSettings } fr
 import { StatusBar } from "./status";
 
 let client: LanguageClient | undefined;
+// Set while the extension itself stops the client (restart, deactivate): that stop is not a crash.
+let stopping = false;
+
+const STATES: Record<number, "starting" | "running" | "stopped"> = {
+  [State.Starting]: "starting",
+  [State.Running]: "running",
+  [State.Stopped]: "stopped",
+};
+
+/** A notification to the server; dropped (and logged) when it is not running rather than left to reject unhandled. */
+function notify(output: vscode.LogOutputChannel, method: string, params: object): void {
+  if (!client?.isRunning()) {
+    return;
+  }
+  client.sendNotification(method, params).catch((err) => output.warn(`${method} not sent: ${err}`));
+}
 
 function createClient(output: vscode.LogOutputChannel, status: StatusBar, tracker: AcceptTracker): LanguageClient {
   const cfg = vscode.workspace.getConfiguration("kvblend");
@@ -30,13 +46,14 @@ function createClient(output: vscode.LogOutputChannel, status: StatusBar, tracke
   };
   const lc = new LanguageClient("kvblend", "kvblend", serverOptions, clientOptions);
   lc.onNotification("kvblend/status", (params: unknown) => status.update(params));
+  lc.onDidChangeState((e) => status.clientState(STATES[e.newState] ?? "stopped", stopping));
   return lc;
 }
 
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
   const output = vscode.window.createOutputChannel("kvblend", { log: true });
   const status = new StatusBar(vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100));
-  const tracker = new AcceptTracker((method, params) => void client?.sendNotification(method, params));
+  const tracker = new AcceptTracker((method, params) => notify(output, method, params));
 
   async function start(): Promise<void> {
     try {
@@ -56,7 +73,9 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     client = undefined;
     await vscode.commands.executeCommand("setContext", "kvblend.active", false);
     if (old) {
+      stopping = true;
       await old.stop().catch((err) => output.appendLine(`stop failed: ${err}`));
+      stopping = false;
     }
   }
 
@@ -76,9 +95,9 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       }
       if (needsRestart((section) => e.affectsConfiguration(section))) {
         await restart();
-      } else if (client) {
+      } else {
         const settings = { kvblend: serverSettings(vscode.workspace.getConfiguration("kvblend")) };
-        await client.sendNotification("workspace/didChangeConfiguration", { settings });
+        notify(output, "workspace/didChangeConfiguration", { settings });
       }
     }),
   );
@@ -86,8 +105,11 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
 }
 
 export async function deactivate(): Promise<void> {
-  if (client) {
-    await client.stop();
-    client = undefined;
+  const old = client;
+  client = undefined;
+  if (old) {
+    stopping = true;
+    await old.stop().catch(() => undefined);
+    stopping = false;
   }
 }

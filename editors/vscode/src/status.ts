@@ -57,6 +57,23 @@ export class StatusBar implements vscode.Disposable {
     }
   }
 
+  /**
+   * The language client's state. The server reports its own states while it runs; when it stops, only the client
+   * knows: a stop the extension asked for shows "not running", any other (a crash, a failed restart) an error, so
+   * that the item no longer says ready.
+   */
+  clientState(state: "starting" | "running" | "stopped", requested = false): void {
+    if (state === "starting") {
+      this.update({ state: "loading", message: "starting the server" });
+    } else if (state === "stopped") {
+      this.update(
+        requested
+          ? { state: "off", message: "server stopped" }
+          : { state: "error", message: "the server stopped unexpectedly; see the kvblend output, or run kvblend: Restart the server" },
+      );
+    }
+  }
+
   /** The client's own measurement of a completion round trip. */
   setLatency(ms: number): void {
     this.latencyMs = ms;

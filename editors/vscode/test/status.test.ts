@@ -42,6 +42,20 @@ describe("status bar", () => {
     assert.strictEqual(item.text, "$(sync~spin) kvblend 1/2");
   });
 
+  it("the client's own states: starting, a requested stop, a crash", () => {
+    const { item, status } = bar();
+    status.update({ state: "ready", message: "" });
+    status.clientState("stopped", false);
+    assert.strictEqual(item.text, "$(error) kvblend");
+    assert.match(String(item.tooltip), /stopped unexpectedly/);
+    status.clientState("starting");
+    assert.strictEqual(item.text, "$(loading~spin) kvblend");
+    status.clientState("running"); // the server reports its own state from here
+    assert.strictEqual(item.text, "$(loading~spin) kvblend");
+    status.clientState("stopped", true);
+    assert.strictEqual(item.text, "$(circle-slash) kvblend");
+  });
+
   it("indexing before the total is known shows no fraction", () => {
     assert.strictEqual(statusView({ state: "indexing", done: 0, total: 0 }).text, "$(sync~spin) kvblend");
   });

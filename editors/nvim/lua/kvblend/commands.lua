@@ -127,6 +127,9 @@ end
 function M.create()
   local cmd = vim.api.nvim_create_user_command
   cmd("KvblendStats", M.stats, { desc = "kvblend: server statistics" })
+  cmd("KvblendRestart", function()
+    require("kvblend").restart()
+  end, { desc = "kvblend: restart the server (also after it failed to start)" })
   cmd("KvblendCapsuleSnapshot", M.snapshot, { desc = "kvblend: snapshot this document's session" })
   cmd("KvblendCapsuleList", function(a)
     M.list(a.bang)
@@ -137,7 +140,7 @@ function M.create()
   cmd("KvblendCapsuleUndo", M.undo, { desc = "kvblend: back to the previous capsule" })
   cmd("KvblendCapsuleFork", function(a)
     local n = tonumber(a.fargs[1] or "2")
-    if not n or n < 1 then
+    if not n or n < 1 or n ~= math.floor(n) or n == math.huge or #a.fargs > 2 then
       vim.notify("kvblend: usage :KvblendCapsuleFork {n} [id]", vim.log.levels.ERROR)
       return
     end

@@ -33,17 +33,73 @@ M.defaults = {
 
 M.options = vim.deepcopy(M.defaults)
 
+local function is_string_list(v, nonempty)
+  if type(v) ~= "table" or (nonempty and #v == 0) then
+    return false
+  end
+  for k, x in pairs(v) do
+    if type(k) ~= "number" or type(x) ~= "string" or x == "" then
+      return false
+    end
+  end
+  return true
+end
+
+-- Wrong types are refused here, with the offending value, instead of failing later at every keystroke
+-- (debounce_ms), in every buffer's on_attach (keymaps) or at every server start (cmd).
+local function check(opts)
+  local function bad(key, want)
+    error(("kvblend: %s must be %s, got %s"):format(key, want, vim.inspect(opts[key])), 0)
+  end
+  if opts.cmd ~= nil and type(opts.cmd) ~= "function" and not is_string_list(opts.cmd, true) then
+    bad("cmd", "a non-empty list of strings")
+  end
+  if opts.settings ~= nil and type(opts.settings) ~= "table" then
+    bad("settings", "a table")
+  end
+  if opts.filetypes ~= nil and not is_string_list(opts.filetypes) then
+    bad("filetypes", "nil or a list of strings")
+  end
+  if opts.root_markers ~= nil and not is_string_list(opts.root_markers) then
+    bad("root_markers", "a list of strings")
+  end
+  if opts.model ~= nil and type(opts.model) ~= "string" then
+    bad("model", "nil or a string")
+  end
+  if opts.ghost ~= nil and not vim.tbl_contains({ "auto", "builtin", "extmark" }, opts.ghost) then
+    bad("ghost", "auto, builtin or extmark")
+  end
+  local d = opts.debounce_ms
+  if d ~= nil and not (type(d) == "number" and d >= 0 and d == math.floor(d)) then
+    bad("debounce_ms", "a non-negative integer")
+  end
+  if opts.hl_group ~= nil and type(opts.hl_group) ~= "string" then
+    bad("hl_group", "a highlight group name")
+  end
+  if opts.keymaps ~= nil and opts.keymaps ~= false then
+    if type(opts.keymaps) ~= "table" then
+      bad("keymaps", "a table or false")
+    end
+    for name, lhs in pairs(opts.keymaps) do
+      if M.defaults.keymaps[name] == nil then
+        error(("kvblend: unknown key in keymaps: %s"):format(vim.inspect(name)), 0)
+      elseif lhs ~= false and (type(lhs) ~= "string" or lhs == "") then
+        error(("kvblend: keymaps.%s must be a key (string) or false, got %s"):format(name, vim.inspect(lhs)), 0)
+      end
+    end
+  end
+end
+
 ---@param opts table|nil
 ---@return table
 function M.set(opts)
   opts = opts or {}
-  vim.validate("opts.cmd", opts.cmd, "table", true)
-  vim.validate("opts.settings", opts.settings, "table", true)
-  vim.validate("opts.filetypes", opts.filetypes, "table", true)
-  if opts.ghost ~= nil and not vim.tbl_contains({ "auto", "builtin", "extmark" }, opts.ghost) then
-    error(("kvblend: ghost must be auto, builtin or extmark, got %s"):format(vim.inspect(opts.ghost)))
-  end
+  vim.validate("opts", opts, "table")
+  check(opts)
   M.options = vim.tbl_deep_extend("force", vim.deepcopy(M.defaults), opts)
+  if opts.keymaps == false then
+    M.options.keymaps = {}
+  end
   -- A list given by the user replaces the default list instead of merging index by index.
   for _, key in ipairs({ "cmd", "filetypes", "root_markers" }) do
     if opts[key] ~= nil then
@@ -53,6 +109,20 @@ function M.set(opts)
   return M.options
 end
 
+--- `t`, or an empty dict when it is empty: vim.json encodes an empty Lua table as [], and the server refuses a
+--- list where it expects an object (a warning at every start).
+---@param t table
+---@return table
+function M.object(t)
+  return next(t) == nil and vim.empty_dict() or t
+end
+
+--- The settings sent as workspace/didChangeConfiguration (the server reads them under "kvblend").
+---@return table
+function M.client_settings()
+  return { kvblend = M.object(vim.deepcopy(M.options.settings or {})) }
+end
+
 --- The initializationOptions sent to the server: the completion settings plus the client-level keys it reads.
 ---@return table
 function M.init_options()
@@ -60,7 +130,7 @@ function M.init_options()
   if M.options.model then
     out.model = M.options.model
   end
-  return out
+  return M.object(out)
 end
 
 --- Whether the builtin inline completion engine (Neovim 0.12+) is used.

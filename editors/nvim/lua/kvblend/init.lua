@@ -18,6 +18,18 @@ function M.client(bufnr)
   return vim.lsp.get_clients({ name = NAME, bufnr = bufnr })[1]
 end
 
+-- The server gives each item an empty range at the requested position. The builtin engine draws an item with a
+-- range as an overlay, which hides the text after the cursor in the middle of a line; without a range it draws
+-- it inline at the cursor and inserts it there, which is the same edit.
+local function strip_empty_ranges(result)
+  for _, item in ipairs(type(result) == "table" and (result.items or result) or {}) do
+    local r = type(item) == "table" and item.range
+    if r and r.start and r["end"] and r.start.line == r["end"].line and r.start.character == r["end"].character then
+      item.range = nil
+    end
+  end
+end
+
 -- Builtin engine: watch the inline completion responses the builtin requests on our client, to know what
 -- is shown (vim.lsp.inline_completion keeps its current item private) and to tell the server about it.
 local function observe(client)
@@ -28,6 +40,7 @@ local function observe(client)
       handler = function(err, result, ctx, ...)
         local b = ctx and ctx.bufnr
         if b and not err then
+          strip_empty_ranges(result)
           local item = result and (result.items or result)[1]
           local text = item and (type(item.insertText) == "string" and item.insertText or item.insertText.value)
           if text and text ~= "" then
@@ -164,13 +177,18 @@ function M.status()
   return status.state
 end
 
---- Change completion settings at runtime (sent as workspace/didChangeConfiguration).
-function M.set_settings(settings)
-  config.options.settings = vim.tbl_deep_extend("force", config.options.settings or {}, settings)
+local function send_settings()
   for _, client in ipairs(vim.lsp.get_clients({ name = NAME })) do
-    client.settings = { kvblend = config.options.settings }
+    client.settings = config.client_settings()
     require("kvblend.lsp").notify(client, "workspace/didChangeConfiguration", { settings = client.settings })
   end
+end
+
+--- Change completion settings at runtime (sent as workspace/didChangeConfiguration).
+function M.set_settings(settings)
+  vim.validate("settings", settings, "table")
+  config.options.settings = vim.tbl_deep_extend("force", config.options.settings or {}, settings)
+  send_settings()
 end
 
 local function map_keys(bufnr)
@@ -211,39 +229,97 @@ local function on_attach(client, bufnr)
   map_keys(bufnr)
 end
 
+-- Why the server is not started again (a missing command, or a server that died during start-up), else nil.
+-- Set once, with one message; cleared by setup() and :KvblendRestart.
+local failed = nil ---@type string?
+
+local function fail(reason)
+  if failed then
+    return
+  end
+  failed = reason
+  status.set({ state = "error", message = reason })
+  vim.schedule(function()
+    vim.notify(("kvblend: %s; not starting it again until :KvblendRestart or setup()"):format(reason), vim.log.levels.ERROR)
+  end)
+end
+
 --- Start (or reuse) the server for a buffer and attach to it.
 function M.attach(bufnr)
   bufnr = (bufnr == nil or bufnr == 0) and vim.api.nvim_get_current_buf() or bufnr
   local opts = config.options
+  if failed or not vim.api.nvim_buf_is_valid(bufnr) then
+    return
+  end
   if vim.bo[bufnr].buftype ~= "" or vim.api.nvim_buf_get_name(bufnr) == "" then
     return
   end
   if opts.filetypes and not vim.tbl_contains(opts.filetypes, vim.bo[bufnr].filetype) then
     return
   end
+  if type(opts.cmd) == "table" and vim.fn.executable(opts.cmd[1]) ~= 1 then
+    return fail(("server command not found: %s"):format(opts.cmd[1]))
+  end
   local root = vim.fs.root(bufnr, opts.root_markers) or vim.fn.getcwd()
-  return vim.lsp.start({
+  local initialized = false
+  local id = vim.lsp.start({
     name = NAME,
     cmd = opts.cmd,
     root_dir = root,
     workspace_folders = { { uri = vim.uri_from_fname(root), name = vim.fs.basename(root) } },
     init_options = config.init_options(),
-    settings = { kvblend = opts.settings or {} },
+    settings = config.client_settings(),
     handlers = { ["kvblend/status"] = status.handler },
     on_init = function(client)
+      initialized = true
       observe(client)
-      status.state = { state = "loading", message = "starting" }
+      status.set({ state = "loading", message = "starting" })
     end,
-    on_exit = function(code)
-      status.state = { state = code == 0 and "off" or "error", message = ("server exited (%d)"):format(code) }
+    on_exit = function(code, signal)
+      -- Neovim stops a client with exit (code 0) or, forced, SIGTERM (15); anything else is a crash.
+      if code == 0 and (signal == 0 or signal == 15) then
+        status.set({ state = "off", message = "server stopped" })
+      elseif not initialized then
+        fail(("the server exited during start-up (code %d, signal %d; see the LSP log)"):format(code, signal))
+      else
+        -- A crash mid-session: the next buffer opened (or :KvblendRestart) starts a new server.
+        status.set({ state = "error", message = ("server exited (code %d, signal %d)"):format(code, signal) })
+      end
     end,
     on_attach = on_attach,
-  }, { bufnr = bufnr })
+  }, { bufnr = bufnr, silent = true })
+  if not id and #vim.lsp.get_clients({ name = NAME, _uninitialized = true }) == 0 then
+    fail(("cannot start the server: %s"):format(vim.inspect(opts.cmd)))
+  end
+  return id
+end
+
+--- Stop the server and start a new one for every loaded file buffer (also after a failed start).
+function M.restart()
+  failed = nil
+  for _, client in ipairs(vim.lsp.get_clients({ name = NAME, _uninitialized = true })) do
+    require("kvblend.lsp").stop(client, true)
+  end
+  local function again(tries)
+    if tries > 0 and #vim.lsp.get_clients({ name = NAME, _uninitialized = true }) > 0 then
+      return vim.defer_fn(function()
+        again(tries - 1)
+      end, 50)
+    end
+    for _, bufnr in ipairs(vim.api.nvim_list_bufs()) do
+      if vim.api.nvim_buf_is_loaded(bufnr) then
+        M.attach(bufnr)
+      end
+    end
+  end
+  again(100)
 end
 
 --- setup({ cmd = {...}, settings = {...}, keymaps = {...}, ghost = "auto", ... }); see lua/kvblend/config.lua.
 function M.setup(opts)
   config.set(opts)
+  failed = nil
+  send_settings() -- a second setup() changes the running server's settings too
   require("kvblend.commands").create()
   local group = vim.api.nvim_create_augroup("kvblend", { clear = true })
   vim.api.nvim_create_autocmd({ "BufReadPost", "BufNewFile", "FileType" }, {

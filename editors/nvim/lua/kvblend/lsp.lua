@@ -32,4 +32,11 @@ function M.is_stopped(client)
   return client.is_stopped()
 end
 
+function M.stop(client, force)
+  if methods then
+    return client:stop(force)
+  end
+  return client.stop(force)
+end
+
 return M
