@@ -10,36 +10,18 @@ import pytest
 import torch
 
 from blend.kv_cache import KVCache
-from blend.loader import load_model
 from capsule import CapsuleConfig, CapsuleStore, serde
 from capsule.store import list_dir, verify_dir
-from indexer import Indexer, IndexerConfig
 from kvblend.capsules import CapsuleKeeper
 from kvblend.completer import Completer
 from kvblend.completion import CompletionRequest
 from kvblend.settings import Settings
-from tests.test_completer_capsules import APP_A, APP_B, PRICES, UNITS
+from tests import test_completer_capsules as shop
+from tests.test_completer_capsules import APP_A, APP_B
 
+lm, indexer = shop.lm, shop.indexer  # the same module-scoped fixtures: the shop workspace, indexed
 URI = "file:///ws/shop/app.py"
 SETTINGS = Settings(max_line_tokens=12, multiline="never", result_cache=0, context_tokens=48)  # one file fits
-
-
-@pytest.fixture(scope="module")
-def lm():
-    return load_model(None)
-
-
-@pytest.fixture(scope="module")
-def indexer(lm, tmp_path_factory):
-    root = tmp_path_factory.mktemp("probe_ws")
-    (root / "shop").mkdir()
-    (root / "shop" / "__init__.py").write_text("")
-    (root / "shop" / "prices.py").write_text(PRICES)
-    (root / "shop" / "units.py").write_text(UNITS)
-    idx = Indexer(IndexerConfig(root), lm)
-    idx.index()
-    yield idx
-    idx.close()
 
 
 def req(text: str, extra: str = "") -> CompletionRequest:

@@ -294,6 +294,15 @@ function M.attach(bufnr)
   return id
 end
 
+-- Every loaded buffer, as at start-up (attach skips the ones the server does not serve).
+local function attach_loaded()
+  for _, bufnr in ipairs(vim.api.nvim_list_bufs()) do
+    if vim.api.nvim_buf_is_loaded(bufnr) then
+      M.attach(bufnr)
+    end
+  end
+end
+
 --- Stop the server and start a new one for every loaded file buffer (also after a failed start).
 function M.restart()
   failed = nil
@@ -306,11 +315,7 @@ function M.restart()
         again(tries - 1)
       end, 50)
     end
-    for _, bufnr in ipairs(vim.api.nvim_list_bufs()) do
-      if vim.api.nvim_buf_is_loaded(bufnr) then
-        M.attach(bufnr)
-      end
-    end
+    attach_loaded()
   end
   again(100)
 end
@@ -328,11 +333,7 @@ function M.setup(opts)
       M.attach(args.buf)
     end,
   })
-  for _, bufnr in ipairs(vim.api.nvim_list_bufs()) do
-    if vim.api.nvim_buf_is_loaded(bufnr) then
-      M.attach(bufnr)
-    end
-  end
+  attach_loaded()
 end
 
 return M
