@@ -30,10 +30,25 @@ class AuditError(ValueError):
     """The audit log cannot be appended to (unreadable, or its last record is damaged)."""
 
 
+def _canonical(record: dict[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def record_hash(record: dict[str, Any]) -> str:
     body = {k: v for k, v in record.items() if k != "hash"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_canonical(body).encode("utf-8")).hexdigest()
+
+
+def _loggable(value: Any) -> Any:
+    """`value` with every lone surrogate written as `\\udXXX`: such a str (a path from a JSON request) cannot
+    be encoded as UTF-8, and the decision that refuses it must still be logged."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_loggable(k): _loggable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_loggable(v) for v in value]
+    return value
 
 
 def parse_record(raw: bytes) -> dict[str, Any] | None:
@@ -105,9 +120,9 @@ class AuditLog:
                 if fcntl is not None:
                     fcntl.flock(f.fileno(), fcntl.LOCK_EX)
                 prev, seq = self._tail(f)
-                record = {**entry, "seq": seq + 1, "prev": prev}
+                record = {**_loggable(entry), "seq": seq + 1, "prev": prev}
                 record["hash"] = record_hash(record)
-                line = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
+                line = _canonical(record) + "\n"
                 f.write(line.encode("utf-8"))
                 f.flush()
                 if self.fsync:
@@ -132,7 +147,8 @@ def read_audit(path: str | Path) -> list[dict[str, Any]]:
 
 
 def verify_audit(path: str | Path) -> tuple[bool, int | None]:
-    """(True, None) when every record's hash, `prev` link and `seq` check out; else (False, first bad line).
+    """(True, None) when every line is a record exactly as written, and its hash, `prev` link and `seq` check
+    out; else (False, first bad line).
 
     Raises OSError when the file cannot be read.
     """
@@ -142,7 +158,10 @@ def verify_audit(path: str | Path) -> tuple[bool, int | None]:
             rec = parse_record(raw)
             if rec is None or not raw.endswith(b"\n"):
                 return False, n
-            if not is_chained(rec) or rec.get("prev") != prev or rec["seq"] != n:
+            # the exact bytes the writer wrote: a line that parses to the same record (a key repeated in
+            # front, which Python drops but a first-wins reader would show, or changed spacing) was edited
+            canonical = is_chained(rec) and raw == _canonical(rec).encode("utf-8") + b"\n"
+            if not canonical or rec.get("prev") != prev or rec["seq"] != n:
                 log.warning("audit log %s: chain broken at line %d", path, n)
                 return False, n
             prev = rec["hash"]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ledger.audit import parse_record
 from ledger.config import LedgerConfig
+from ledger.paths import PathError, normalize
 from ledger.policy import OPS, Policy
 
 if TYPE_CHECKING:
@@ -41,10 +42,9 @@ class Session:
 
     def record(self, changes: list[FileChange]) -> None:
         for c in changes:
-            target = c.new_path or c.path
             if c.new_path is not None:
-                self._add(c.path, c.op, 0)
-            self._add(target, c.op, c.lines_changed)
+                self._add(_key(c.path), c.op, 0)
+            self._add(_key(c.new_path or c.path), c.op, c.lines_changed)
         self.edits += 1
 
     def _add(self, path: str, op: str, lines: int) -> None:
@@ -93,6 +93,15 @@ class Session:
                 session_id,
             )
         return s
+
+
+def _key(path: str) -> str:
+    """The session's name for a file: its normalized path, so that `./src/a.py` and `src//a.py` count as
+    `src/a.py` (per-session limits and companions match globs against these names)."""
+    try:
+        return normalize(path)
+    except PathError:  # never for an allowed change; an audit log edited by hand may hold anything
+        return path
 
 
 def _logged_changes(entries: Any) -> list[FileChange] | None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from ledger.changes import AddedLines, FileChange, apply_changes
 from ledger.config import LedgerConfig
 from ledger.diff import PatchError, parse_unified_diff, patch_targets
 from ledger.facts import Session
-from ledger.paths import GlobSet, PathError, WorkspacePath, confine
+from ledger.paths import GlobSet, PathError, WorkspacePath, confine, is_utf8
 from ledger.policy import (
     OPS,
     PROTECTED_PATHS,
@@ -73,6 +75,12 @@ class _Ctx:
     change: FileChange
     forms: tuple[str, ...]  # every name the change writes: lexical and resolved, source and target
     added: AddedLines
+    # `forms` plus their trailing-dot/space-stripped variants: what deny and ask globs see (on Windows
+    # `vendor./x` is written into `vendor/`), as they also ignore case
+    loose: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.loose = tuple(dict.fromkeys(self.forms + tuple(_strip_segments(f) for f in self.forms)))
 
 
 def _strip_segments(path: str) -> str:
@@ -108,6 +116,12 @@ class Gate:
             audit_path if audit_path is not None else self.root / self.config.audit_file, fsync=self.config.fsync_audit
         )
         self.session = session if session is not None else Session()
+        # the files that govern this gate, wherever they are: `--policy` / `--audit` inside the workspace
+        # but outside .kvblend/ would otherwise be editable by the agent they constrain
+        self._own = _own_files(
+            self.root,
+            {"policy file": policy_path or self.root / self.config.policy_file, "audit log": self.audit.path},
+        )
         self.before_apply = before_apply  # e.g. take a capsule of the session, so that undo restores this state
         self._lock = threading.Lock()
 
@@ -143,7 +157,8 @@ class Gate:
             hard = []
             for op, path in patch_targets(text):  # judge the paths before reading any file
                 try:
-                    hard += _path_reasons(op, confine(self.root, path))
+                    wp = confine(self.root, path)
+                    hard += _path_reasons(op, wp) or _own_reasons(op, wp, self._own)
                 except PathError as e:
                     hard.append(Reason("workspace", _path_message(e), e.path))
             if hard:
@@ -182,8 +197,9 @@ class Gate:
         self._audit({"event": "applied", "changes": _summary(changes)})
 
     def _audit(self, entry: dict) -> None:
+        ns = time.time_ns()  # one clock reading: seconds and fraction from two readings can go back by 1 s
         entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9 // 1000:06d}Z",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9 // 1000:06d}Z",
             "session": self.session.id,
             **entry,
         }
@@ -219,17 +235,20 @@ class Gate:
             return Decision("deny", [Reason("patch", "the edit changes no file — send at least one change")])
         hard: list[Reason] = []
         ctxs: list[_Ctx] = []
+        written: set[str] = set()  # resolved paths of the changes so far
         for c in changes:
             try:
                 wps = [confine(self.root, p) for p in c.paths]
             except PathError as e:
                 hard.append(Reason("workspace", _path_message(e), e.path))
                 continue
-            if c.op not in OPS or (c.op == "rename") != (c.new_path is not None):
-                hard.append(Reason("patch", f"invalid change {c.op!r} of {c.path} (new_path={c.new_path!r})", c.path))
+            problem = _change_problem(c, wps, written)
+            if problem:
+                hard.append(Reason("patch", problem, c.path))
                 continue
             ctx = _Ctx(c, tuple(dict.fromkeys(f for wp in wps for f in wp.forms)), AddedLines(c))
             hard += _builtin_reasons(ctx, wps)
+            hard += [r for wp in wps for r in _own_reasons(c.op, wp, self._own)]
             ctxs.append(ctx)
 
         per_change: list[tuple[int, Reason]] = []  # (severity, reason) of each change's deciding rule
@@ -308,7 +327,53 @@ class Gate:
 def _in_scope(rule: Rule, ctx: _Ctx) -> bool:
     if rule.ops and ctx.change.op not in rule.ops:
         return False
-    return rule.path_globs is None or any(rule.path_globs.matches(f) for f in ctx.forms)
+    forms = ctx.forms if rule.decision == "allow" else ctx.loose
+    return rule.path_globs is None or any(rule.path_globs.matches(f) for f in forms)
+
+
+def _change_problem(c: FileChange, wps: list[WorkspacePath], written: set[str]) -> str | None:
+    """Why `c` cannot be judged (and is denied), or None; adds the files it writes to `written`."""
+    if c.op not in OPS or (c.op == "rename") != (c.new_path is not None):
+        return f"invalid change {c.op!r} of {c.path} (new_path={c.new_path!r})"
+    if not all(is_utf8(t) for t in (c.old_text, c.new_text) if t is not None):
+        return f"the text of {c.path} is not valid Unicode (a lone surrogate) — send UTF-8 text"
+    for wp in wps:
+        # Each change is judged against the file as it is now: a second change of the same file (directly or
+        # through a symlink) would be applied on top of the first, with lines neither check saw.
+        if wp.real in written:
+            return f"{wp.rel} is changed twice in one edit — merge the changes of a file into one"
+        written.add(wp.real)
+    return None
+
+
+def _own_files(root: Path, files: dict[str, str | Path]) -> dict[str, tuple[str, str]]:
+    """{comparison key: (what, workspace path)} of `files` that lie inside the workspace."""
+    real_root = os.path.realpath(root)
+    out = {}
+    for what, f in files.items():
+        real = os.path.realpath(f)
+        if real.startswith(real_root.rstrip(os.sep) + os.sep):
+            rel = real[len(real_root.rstrip(os.sep)) + 1 :].replace(os.sep, "/")
+            out[_own_key(rel)] = (what, rel)
+    return out
+
+
+def _own_key(path: str) -> str:
+    # as for .git: a case-insensitive filesystem, or one that drops trailing dots, writes the same file
+    return _strip_segments(unicodedata.normalize("NFC", path)).casefold()
+
+
+def _own_reasons(op: str, wp: WorkspacePath, own: dict[str, tuple[str, str]]) -> list[Reason]:
+    """A hard deny when `wp` is the gate's own policy file or audit log."""
+    for form in wp.forms if own else ():
+        hit = own.get(_own_key(form))
+        if hit:
+            msg = (
+                f"{_VERB[op]} {form}: it is this gate's {hit[0]} ({hit[1]}) (built-in, no rule can allow it) — "
+                "change other files"
+            )
+            return [Reason("builtin.protected-path", msg, form)]
+    return []
 
 
 def _change_trigger(rule: Rule, ctx: _Ctx) -> _Trigger | None:

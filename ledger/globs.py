@@ -7,20 +7,24 @@ import re
 
 
 def glob_to_regex(pat: str) -> str:
-    """The regex body of one gitignore glob: `*` and `?` stay within a path segment, `**/` spans segments,
-    `[...]` classes (`!` negates), backslash escapes."""
+    """The regex body of one gitignore glob: `*` and `?` stay within a path segment, `**` as a whole segment
+    (`**/x`, `a/**/b`, `a/**`) spans segments (elsewhere it is a plain `*`), `[...]` classes (`!` negates;
+    never `/`), backslash escapes."""
     out, i = [], 0
     while i < len(pat):
         c = pat[i]
-        if pat.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pat.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif c == "*":
-            out.append("[^/]*")
-            i += 1
+        if c == "*":
+            j = len(pat) - len(pat[i:].lstrip("*"))  # the end of this run of stars
+            whole = j - i >= 2 and (i == 0 or pat[i - 1] == "/") and (j == len(pat) or pat[j] == "/")
+            if not whole:  # gitignore: `a**b`, `**.py` are plain `*`: they stay within one segment
+                out.append("[^/]*")
+                i = j
+            elif j < len(pat):  # `**/`: zero or more directories
+                out.append("(?:.*/)?")
+                i = j + 1
+            else:  # a trailing `/**`: everything below
+                out.append(".*")
+                i = j
         elif c == "?":
             out.append("[^/]")
             i += 1
@@ -31,7 +35,8 @@ def glob_to_regex(pat: str) -> str:
                 i += 1
                 continue
             body = pat[i + 1 : j].replace("\\", "\\\\")
-            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            # a class never matches the `/` between segments (gitignore), not even a negated one
+            out.append("(?!/)[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
             i = j + 1
         elif c == "\\" and i + 1 < len(pat):
             out.append(re.escape(pat[i + 1]))

@@ -8,9 +8,10 @@ Every path an agent names goes through `confine` before a rule looks at it:
   stay inside the workspace. A symlink inside the workspace that points at a protected path is judged as that
   path (the gate checks both forms).
 
-`GlobSet` matches gitignore syntax: `*` and `?` stay within one segment, `**` crosses them, a pattern with a
-`/` before its end is anchored at the root, a trailing `/` matches directories only, `!` re-includes, the last
-matching pattern wins, and a path inside a matched directory is matched (it cannot be re-included).
+`GlobSet` matches gitignore syntax: `*`, `?` and `[...]` stay within one segment, `**` as a whole segment
+crosses them, a pattern with a `/` before its end is anchored at the root, a trailing `/` matches directories
+only, `!` re-includes, the last matching pattern wins, and a path inside a matched directory is matched (it
+cannot be re-included). Globs and paths are compared in Unicode NFC.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def normalize(path: str) -> str:
         raise PathError(path, "contains a NUL byte")
     if "\\" in path:
         raise PathError(path, "contains a backslash; use '/' between directories")
+    if not is_utf8(path):  # a lone surrogate (JSON allows "\ud800"): no file name, and no audit log line
+        raise PathError(path, "is not valid Unicode (a lone surrogate)")
     if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
         raise PathError(path, "absolute paths are not allowed; name files relative to the workspace root")
     parts: list[str] = []
@@ -60,6 +63,15 @@ def normalize(path: str) -> str:
     if not parts:
         raise PathError(path, "names the workspace root, not a file")
     return "/".join(parts)
+
+
+def is_utf8(text: str) -> bool:
+    """False for a str that cannot be written as UTF-8 (a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +94,8 @@ def confine(root: str | Path, path: str) -> WorkspacePath:
         raise PathError(path, "resolves to the workspace root, not a file")
     if not real.startswith(real_root.rstrip(os.sep) + os.sep):
         raise PathError(path, "resolves (through a symlink) outside the workspace")
-    real_rel = real[len(real_root.rstrip(os.sep)) + 1 :].replace(os.sep, "/")
+    # NFC like `rel`: a symlink's target spelled in NFD on disk must still match the rules' (NFC) globs
+    real_rel = unicodedata.normalize("NFC", real[len(real_root.rstrip(os.sep)) + 1 :].replace(os.sep, "/"))
     return WorkspacePath(rel, real_rel, Path(real))
 
 
@@ -98,6 +111,15 @@ class _Glob:
     dir_only: bool
 
 
+def _trim(raw: str) -> str:
+    """`raw` without surrounding whitespace, except a trailing space escaped as `\\ ` (gitignore), in NFC:
+    paths are compared in NFC, so a glob typed in NFD (`e` + combining accent) must be too."""
+    pat = raw.strip()
+    if raw.rstrip("\t\r\n").endswith(" ") and (len(pat) - len(pat.rstrip("\\"))) % 2:
+        pat += " "
+    return unicodedata.normalize("NFC", pat)
+
+
 class GlobSet:
     """Gitignore-style patterns; `matches(rel)` for a workspace-relative file path.
 
@@ -111,7 +133,7 @@ class GlobSet:
         self._globs: list[_Glob] = []
         self._any: tuple[re.Pattern[str], re.Pattern[str]] | None = None  # (files, dirs) when nothing negates
         for raw in patterns:
-            pat = raw.strip()
+            pat = _trim(raw)
             negate = pat.startswith("!")
             pat = pat[1:] if negate else pat
             dir_only = pat.endswith("/")

@@ -47,10 +47,10 @@ def _flip(line):
     return json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n"
 
 
-def _flip_and_rehash(line):
+def _flip_and_rehash(line):  # written as the writer would: only the `prev` link of the next line breaks
     rec = json.loads(_flip(line))
     rec["hash"] = record_hash(rec)
-    return json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n"
+    return json.dumps(rec, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
 
 
 @pytest.mark.parametrize(

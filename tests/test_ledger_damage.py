@@ -201,5 +201,6 @@ def test_verify_and_read_split_records_only_at_newlines(tmp_path, ledger_cli):
     text = _line(second).decode().replace(',"note"', ',\r"note"')  # JSON allows \r between tokens
     audit.write_bytes(_line(GOOD) + text.encode())
     r = ledger_cli("verify-audit", audit, "--json")
-    assert r.returncode == 0 and json.loads(r.stdout) == {"ok": True, "first_bad_line": None, "records": 2}
+    # read as one line (not split at the \r), and an edited one: the writer never puts a \r there
+    assert r.returncode == 1 and json.loads(r.stdout) == {"ok": False, "first_bad_line": 2, "records": None}
     assert read_audit(audit) == [GOOD, second]
