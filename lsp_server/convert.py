@@ -230,8 +230,8 @@ def lsp_file_changes(edit: types.WorkspaceEdit, workspace, root: Path | None) ->
         except (OSError, UnicodeDecodeError) as e:
             raise JsonRpcInvalidParams(f"applyAgentEdit: cannot read {uri}: {e}") from None
 
-    def edited(uri: str, edits) -> FileChange:
-        before = old_text(uri)
+    def applied(uri: str, before: str, edits) -> str:
+        """`before` with `edits` (one TextEdit list: ranges in `before`, applied together) applied."""
         doc = LspDocument(uri, before, position_codec=workspace.position_codec)
         spans = []
         for e in edits:
@@ -246,15 +246,34 @@ def lsp_file_changes(edit: types.WorkspaceEdit, workspace, root: Path | None) ->
         after = before
         for a, b, text in reversed(spans):
             after = after[:a] + text + after[b:]
-        return FileChange.build("edit", rel(uri), before, after)
+        return after
 
     changes: list = []
+    made: dict[str, int] = {}  # uri -> index in `changes` of its create or edit, while nothing else touched it
+
+    def edited(uri: str, edits) -> None:
+        """Text edits of `uri`. Edits after its CreateFile or earlier edits in the same WorkspaceEdit apply to
+        the text those left (the client applies them in order): one change, from the file before the whole
+        edit to the file after it, so the ledger judges what is written."""
+        i = made.get(uri)
+        if i is None:
+            before = old_text(uri)
+            made[uri] = len(changes)
+            changes.append(FileChange.build("edit", rel(uri), before, applied(uri, before, edits)))
+            return
+        c = changes[i]
+        changes[i] = FileChange.build(c.op, c.path, c.old_text, applied(uri, c.new_text, edits))
+
     for uri, edits in (edit.changes or {}).items():
-        changes.append(edited(uri, edits))
+        edited(uri, edits)
     for op in edit.document_changes or []:
         if isinstance(op, types.TextDocumentEdit):
-            changes.append(edited(op.text_document.uri, op.edits))
-        elif isinstance(op, types.CreateFile):
+            edited(op.text_document.uri, op.edits)
+            continue
+        for uri in (getattr(op, "uri", None), getattr(op, "old_uri", None), getattr(op, "new_uri", None)):
+            made.pop(uri, None)  # a file operation: later text edits of these are changes of their own
+        if isinstance(op, types.CreateFile):
+            made[op.uri] = len(changes)
             changes.append(FileChange.build("create", rel(op.uri), None, ""))
         elif isinstance(op, types.DeleteFile):
             changes.append(FileChange.build("delete", rel(op.uri), old_text(op.uri), None))

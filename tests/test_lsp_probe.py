@@ -322,3 +322,33 @@ def test_did_close_cancels_the_documents_warm_up_and_drops_its_running_request(t
     backend._latest[uri] = 7  # a completion request in flight: it polls whether it is still the latest
     ls.send("textDocument/didClose", {"textDocument": {"uri": uri}})
     assert timer.cancelled and uri not in backend._warm and uri not in backend._latest  # nothing kept
+
+
+def _range_edit(start: tuple[int, int], end: tuple[int, int], text: str) -> dict:
+    return {"range": {"start": {"line": start[0], "character": start[1]},
+                      "end": {"line": end[0], "character": end[1]}}, "newText": text}  # fmt: skip
+
+
+def test_an_agents_create_then_edit_and_successive_edits_are_one_change_each(tmp_path):
+    from lsp_server.convert import lsp_file_changes
+
+    ls = InProcess(tmp_path)
+    (tmp_path / "a.py").write_text("x = 1\ny = 2\n")
+    a, new = (tmp_path / "a.py").as_uri(), (tmp_path / "new.py").as_uri()
+    raw = {
+        "documentChanges": [
+            {"kind": "create", "uri": new},  # the LSP way to write a new file: create it, then edit it
+            {"textDocument": {"uri": new, "version": None}, "edits": [_range_edit((0, 0), (0, 0), "def f():\n")]},
+            {"textDocument": {"uri": new, "version": None}, "edits": [_range_edit((1, 0), (1, 0), "    pass\n")]},
+            {"textDocument": {"uri": a, "version": None}, "edits": [_range_edit((0, 4), (0, 5), "10")]},
+            # ranges of a second edit of a.py are in the text the first one left: "x = 10" is 6 characters
+            {"textDocument": {"uri": a, "version": None}, "edits": [_range_edit((0, 6), (0, 6), "0")]},
+        ]
+    }
+    edit = lsp_workspace_edit(raw, "kvblend/applyAgentEdit")
+    changes = lsp_file_changes(edit, ls.server.workspace, tmp_path)
+    assert [(c.op, c.path, c.old_text, c.new_text) for c in changes] == [
+        ("create", "new.py", None, "def f():\n    pass\n"),  # used to fail: "new.py does not exist"
+        ("edit", "a.py", "x = 1\ny = 2\n", "x = 100\ny = 2\n"),  # used to be two changes, each of the file on disk
+    ]
+    assert changes[0].lines_changed == 2 and changes[1].lines_changed == 2
