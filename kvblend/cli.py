@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from kvblend import cli_capsule, cli_eval, cli_ledger
 
 log = logging.getLogger(__name__)
 
+_LINE_END = re.compile(r"\r\n|\r|\n")  # LSP's line ends (= kvblend.stops), not str.splitlines' \f, \x85 ...
 # = kvblend.engine.ENGINES, spelled out so that the CLI starts without importing torch (tests check they agree).
 ENGINES = ("torch", "vllm")
 
@@ -165,6 +167,7 @@ def _generate(args: argparse.Namespace) -> int:
     from blend.generate import generate
     from blend.loader import load_model
     from blend.sampling import Sampler, SamplingParams
+    from kvblend.stops import whole_chars
 
     params = SamplingParams(args.temperature, args.top_p, args.seed)  # checked before the model loads
     if args.max_tokens < 1:
@@ -187,7 +190,7 @@ def _generate(args: argparse.Namespace) -> int:
         )
     sampler = Sampler(params)
     out = generate(lm.model, ids, args.max_tokens, sampler, lm.tokenizer.eos_ids)
-    sys.stdout.write(lm.tokenizer.decode(out.tokens))
+    sys.stdout.write(whole_chars(lm.tokenizer.decode(out.tokens)))  # not a U+FFFD for a cut-off character
     sys.stdout.flush()
     return 0
 
@@ -234,7 +237,7 @@ def _complete(args: argparse.Namespace) -> int:
         if not root.is_dir():
             raise ValueError(f"not a directory: {root}")
         indexer = Indexer(IndexerConfig(root), lm)
-        indexer.update([args.file], recent=True)
+        indexer.update([args.file.absolute()], recent=True)  # relative to the shell, not the root; links kept
         indexer.index()
     try:
         completer = Completer(lm, settings, indexer)
@@ -264,13 +267,18 @@ def _read_text(path: Path) -> str:
 
 
 def _cursor(text: str, line: int, col: int) -> int:
-    """Character offset of a 1-based line and column; column len(line)+1 is the line's end."""
-    lines = text.split("\n")
-    if not 1 <= line <= len(lines):
-        raise ValueError(f"line {line} outside the file (1..{len(lines)})")
-    if not 1 <= col <= len(lines[line - 1]) + 1:
-        raise ValueError(f"column {col} outside line {line} (1..{len(lines[line - 1]) + 1})")
-    return sum(len(x) + 1 for x in lines[: line - 1]) + col - 1
+    r"""Character offset of a 1-based line and column (in characters). Lines end at \r\n, \r or \n, as the
+    language server counts them, so that a CRLF file's line ends where the user sees it; column len(line)+1
+    is the line's end (before its line end)."""
+    starts = [0] + [m.end() for m in _LINE_END.finditer(text)]
+    if not 1 <= line <= len(starts):
+        raise ValueError(f"line {line} outside the file (1..{len(starts)})")
+    start = starts[line - 1]
+    end = _LINE_END.search(text, start)
+    width = (len(text) if end is None else end.start()) - start
+    if not 1 <= col <= width + 1:
+        raise ValueError(f"column {col} outside line {line} (1..{width + 1})")
+    return start + col - 1
 
 
 def relative_path(root: Path, path: Path) -> str:

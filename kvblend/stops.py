@@ -1,25 +1,38 @@
-"""When a completion ends and what of it is shown: single line or block, dedent, blank line, suffix overlap.
+r"""When a completion ends and what of it is shown: single line or block, dedent, blank line, suffix overlap.
 
 The decision is made from the cursor's syntactic position (the text of its line around it):
 - text after the cursor on its line -> a single line (filling the middle of a line);
 - the line before the cursor is empty or only indentation, or the previous line opens a block (`:`, `{`,
   `(`, `[` at its end) and the cursor is at the end of its line -> a block;
+- the line before the cursor ends in a backslash (a continuation) -> the lines that continue it;
 - otherwise (typing at the end of a line with text) -> the rest of that line.
 A block stops at the first blank line or at a line indented less than the block's first line.
+
+Lines end at \r\n, \r or \n, as the language server counts them (documents and models use all three); the text
+shown ends its lines with \n, which every client splits at (VS Code then writes the document's own line end).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import re
+from collections.abc import Iterator
 
 MODES = ("auto", "always", "never")  # multi-line: decided per cursor, always blocks, never (single lines)
 _OPENERS = (":", "{", "(", "[", "=>", "->")
+_LINE_END = re.compile(r"\r\n|\r|\n")  # not str.splitlines, which also splits at \f, \x85, \u2028 ...
+_CLOSER = re.compile(r"(?:else|elif|except|finally)\b|[)\]}]")
 
 
 @dataclasses.dataclass(frozen=True)
 class StopPlan:
     multiline: bool
     indent: int  # columns of indentation a block may not go below (the cursor line's)
+    # The cursor line ends in a backslash: the completion is the lines that continue the statement, up to the
+    # first that does not end in one (as a single line it would always be empty: the model writes a line end
+    # first, where a single line is cut).
+    continued: bool = False
 
 
 def indent_of(line: str) -> int:
@@ -30,9 +43,9 @@ def plan_for(text: str, cursor: int, mode: str = "auto") -> StopPlan:
     """How to stop a completion at character offset `cursor` of `text`."""
     if mode not in MODES:
         raise ValueError(f"unknown multiline mode {mode!r} (expected one of {MODES})")
-    line_start = text.rfind("\n", 0, cursor) + 1
-    line_end = text.find("\n", cursor)
-    line_end = len(text) if line_end < 0 else line_end
+    line_start = max(text.rfind("\n", 0, cursor), text.rfind("\r", 0, cursor)) + 1
+    m = _LINE_END.search(text, cursor)
+    line_end = len(text) if m is None else m.start()
     before, after = text[line_start:cursor], text[cursor:line_end]
     indent = indent_of(before) if before.strip() else len(before)
     if mode != "auto":
@@ -42,15 +55,16 @@ def plan_for(text: str, cursor: int, mode: str = "auto") -> StopPlan:
     if not before.strip():
         return StopPlan(True, indent)
     prev = before.rstrip()
+    if prev.endswith("\\"):
+        return StopPlan(True, indent, continued=True)
     return StopPlan(prev.endswith(_OPENERS), indent)
 
 
 def cut(text: str, plan: StopPlan) -> tuple[str, bool]:
     """The part of generated `text` to show, and whether a stop rule ended it (so decoding can stop)."""
+    lines = lines_of(text)
     if not plan.multiline:
-        nl = text.find("\n")
-        return (text, False) if nl < 0 else (text[:nl], True)
-    lines = text.split("\n")
+        return (whole_chars(text), False) if len(lines) == 1 else (lines[0], True)
     # lines[0] continues the cursor line; a block ends before a blank or a dedented line.
     for i in range(1, len(lines)):
         line = lines[i]
@@ -61,12 +75,35 @@ def cut(text: str, plan: StopPlan) -> tuple[str, bool]:
             continue
         if indent_of(line) < plan.indent or (complete and indent_of(line) == plan.indent and _closes(line)):
             return "\n".join(lines[:i]), True
-    return text, False
+        if plan.continued and complete and not line.rstrip().endswith("\\"):
+            return "\n".join(lines[: i + 1]), True
+    return whole_chars("\n".join(lines)), False
+
+
+def lines_of(text: str) -> list[str]:
+    r"""The lines of `text` without their ends, split at \r\n, \r and \n: "a\r\nb\rc\n" -> ["a", "b", "c", ""]."""
+    return _LINE_END.split(text)
+
+
+def _iter_lines(text: str) -> Iterator[str]:
+    """`lines_of(text)`, one at a time."""
+    start = 0
+    for m in _LINE_END.finditer(text):
+        yield text[start : m.start()]
+        start = m.end()
+    yield text[start:]
+
+
+def whole_chars(text: str) -> str:
+    """`text` without the U+FFFD that ends it: byte-level tokens split multi-byte characters, and a decode
+    that stops inside one (a token budget, a time budget) shows its first bytes as U+FFFD."""
+    return text.rstrip("\ufffd")
 
 
 def _closes(line: str) -> bool:
-    """A line at the block's own indentation that starts a new statement of the enclosing block."""
-    return line.lstrip().startswith(("else", "elif", "except", "finally", ")", "]", "}"))
+    """A line at the block's own indentation that starts a new statement of the enclosing block (keywords as
+    whole words: `exceptions = []` or `elsewhere()` is the block's own next statement)."""
+    return _CLOSER.match(line.lstrip()) is not None
 
 
 def trim_suffix_overlap(completion: str, suffix: str) -> str:
@@ -76,15 +113,16 @@ def trim_suffix_overlap(completion: str, suffix: str) -> str:
       after the cursor (typically closing brackets) loses them.
     - Whole lines: trailing completion lines equal to the first lines after the cursor are dropped.
     """
-    line_after = suffix.split("\n", 1)[0]
-    if line_after.strip() and "\n" not in completion:
+    comp_lines = lines_of(completion)
+    line_after = next(_iter_lines(suffix))
+    if line_after.strip() and len(comp_lines) == 1:
         for n in range(min(len(line_after), len(completion)), 0, -1):
             seg = line_after[:n]
             if seg.strip() and completion.endswith(seg) and _repeats(completion, seg):
                 return completion[:-n]
         return completion
-    comp_lines = completion.split("\n")
-    suf_lines = [ln for ln in suffix.split("\n") if ln.strip()]
+    # the suffix may be the rest of a 5 MB document: read only as many lines as can repeat
+    suf_lines = list(itertools.islice((ln for ln in _iter_lines(suffix) if ln.strip()), len(comp_lines) - 1))
     if not suf_lines or len(comp_lines) < 2:
         return completion
     for n in range(min(len(comp_lines) - 1, len(suf_lines)), 0, -1):

@@ -24,7 +24,8 @@ def test_generate_prints_only_the_greedy_continuation(hf_checkpoints, tmp_path):
     assert r.returncode == 0, r.stderr
     lm = load_model(ckpt, device="cpu")
     expected = generate(lm.model, lm.tokenizer.encode(prompt), 12, eos_ids=lm.tokenizer.eos_ids).tokens
-    assert r.stdout == lm.tokenizer.decode(expected)
+    # a random-weight model's bytes: a character cut off by --max-tokens is not printed as U+FFFD
+    assert r.stdout == lm.tokenizer.decode(expected).rstrip("\ufffd")
     assert len(expected) > 0
 
 

@@ -59,6 +59,15 @@ def test_cut_block_stops_at_blank_or_dedent():
     assert cut("return 1\n    else:\n", plan) == ("return 1", True)
 
 
+def test_block_keywords_end_it_only_as_whole_words():
+    # `exceptions`, `elsewhere`, `finally_done` are statements of the block itself, not its enclosing one's
+    plan = StopPlan(True, 4)
+    text = "errors = []\n    exceptions = []\n    elsewhere(errors)\n    finally_done = True\n    "
+    assert cut(text, plan) == (text, False)
+    assert cut("x = 1\n    except* ValueError:\n", plan) == ("x = 1", True)
+    assert cut("x = 1\n    finally:\n", plan) == ("x = 1", True)
+
+
 def test_trim_suffix_overlap():
     # Closing brackets that are already after the cursor are dropped...
     assert trim_suffix_overlap("a, b))", "))\n") == "a, b"
@@ -69,6 +78,53 @@ def test_trim_suffix_overlap():
     # Whole lines repeating the lines after the cursor.
     assert trim_suffix_overlap("x = 1\n    return x", "\n    return x\n") == "x = 1"
     assert trim_suffix_overlap("x = 1\n    y = 2", "\n    return x\n") == "x = 1\n    y = 2"
+
+
+def test_cut_ends_lines_at_crlf_and_lone_cr():
+    # A CRLF line end was cut after its \r, which the editor then inserted before the line's own line end.
+    assert cut("o(1)\r\ny = 2", StopPlan(False, 0)) == ("o(1)", True)
+    # A lone \r is a line end too (editors and the language server split at it): not shown as one line.
+    assert cut("a, b)\rnext", StopPlan(False, 0)) == ("a, b)", True)
+    assert cut("o(1)\r", StopPlan(False, 0)) == ("o(1)", True)
+    block = StopPlan(True, 4)
+    assert cut("x = 1\r\n    return x\r\n\r\n", block) == ("x = 1\n    return x", True)
+    assert cut("x = 1\r    return x\rdef g():\r", block) == ("x = 1\n    return x", True)
+    assert cut("x = 1\r\n    y", block) == ("x = 1\n    y", False)  # shown lines end with \n
+
+
+def test_trim_suffix_overlap_in_crlf_text():
+    # Dropping the lines that repeat a CRLF suffix left the \r of the line before them.
+    assert trim_suffix_overlap("x = 1\r\n    return x", "\r\n    return x\r\n") == "x = 1"
+    assert trim_suffix_overlap("x = 1\n    return x", "\r    return x\r") == "x = 1"
+    assert trim_suffix_overlap("a, b))", "))\r\nz = 1\r\n") == "a, b"
+
+
+def test_cut_never_shows_a_cut_off_character(tok):
+    # Byte-level tokens split multi-byte characters: a budget that ends inside one decodes its bytes as U+FFFD.
+    ids = tok.encode("s = '日本'")
+    partial = next(t for t in (tok.decode(ids[:k]) for k in range(len(ids))) if t.startswith("s = '日\ufffd"))
+    assert cut(partial, StopPlan(False, 0)) == ("s = '日", False)
+    assert cut("x = 1\n    y = '" + partial, StopPlan(True, 0)) == ("x = 1\n    y = 's = '日", False)
+    assert cut(tok.decode(ids), StopPlan(False, 0)) == ("s = '日本'", False)
+
+
+def test_line_continuation_is_completed_on_the_next_lines():
+    # At the end of a line ending in a backslash a single line was always empty: the model writes a line end
+    # first, and a single line is cut there.
+    text = "def f(a, b):\n    total = a + \\"
+    plan = plan_for(text, len(text))
+    assert plan.multiline and plan.indent == 4
+    assert plan == StopPlan(True, 4, continued=True)
+    # the continued lines up to the first that does not go on, not the statements after them
+    assert cut("\n        b\n    return total\n", plan) == ("\n        b", True)
+    assert cut("\n        b + \\\n        c\n    return", plan) == ("\n        b + \\\n        c", True)
+    assert cut("\n        b", plan) == ("\n        b", False)  # still being generated
+
+
+def test_plan_in_a_lone_cr_document():
+    text = "def f():\r    return g(\r    x = 1\r"
+    assert plan_for(text, text.index("g(") + 2) == StopPlan(True, 4)  # end of its line: the ( opens a block
+    assert plan_for(text, text.index("x = 1")) == StopPlan(False, 4)
 
 
 # -- prompt windows ------------------------------------------------------------------------------
