@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 RETRIEVAL_CHARS = 64 << 10  # retrieval reads at most this much of a document around the cursor (huge files)
 # Context budgets shrink in steps of this many tokens to fit the model's window (not at every keystroke).
 CONTEXT_STEP = 256
+_LINE_BREAK = re.compile(r"[\r\n]")
 MAX_SESSIONS = 4  # live document sessions kept (each holds the KV of ~4k tokens: ~25 MB on the bundled model)
 
 
@@ -359,9 +361,11 @@ class Completer:
         if self.indexer is None or s.mode == "none" or budget <= 0:
             return []
         idx, text = self.indexer, req.text
-        line_start = text.rfind("\n", 0, req.cursor) + 1
-        line_end = text.find("\n", req.cursor)
-        head, tail = text[:line_start], text[line_end:] if line_end >= 0 else ""
+        # the cursor's line, ended as the LSP ends lines (\n, \r\n or a lone \r: an old Mac file is one line
+        # for "\n" alone, and its query was empty)
+        line_start = max(text.rfind("\n", 0, req.cursor), text.rfind("\r", 0, req.cursor)) + 1
+        end = _LINE_BREAK.search(text, req.cursor)
+        head, tail = text[:line_start], text[end.start() :] if end is not None else ""
         if len(head) > RETRIEVAL_CHARS:  # imports from the top, identifiers from near the cursor
             head = head[:8192] + "\n" + head[-RETRIEVAL_CHARS:]
         rr = RetrievalRequest(

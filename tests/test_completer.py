@@ -264,3 +264,14 @@ def test_prompt_fits_the_model_window(lm):
     text = "".join(f"value_{i} = compute({i}, scale=2)\n" for i in range(6000))
     r = c.complete(CompletionRequest("big.py", text, len(text) // 2))
     assert 2048 < r.tokens_prefilled + r.tokens_reused + 8 <= lm.config.max_position_embeddings
+
+
+def test_retrieval_query_leaves_out_the_cursor_line_in_a_lone_cr_file(lm, indexer, monkeypatch):
+    c = Completer(lm, Settings(), indexer)
+    seen = []
+    select = c.retriever.select
+    monkeypatch.setattr(c.retriever, "select", lambda chunks, rr, budget: seen.append(rr) or select(chunks, rr, budget))
+    text = APP.replace("\n", "\r")  # an old Mac file: lone CR line ends
+    c.complete(request(text, "return tot"))
+    # the query is the document without the line being typed (typing within it keeps the same chunks)
+    assert "helpers.normalize_customer_name" in seen[0].text and "return tot" not in seen[0].text
