@@ -11,24 +11,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 import threading
 import time
-import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
 from ledger.audit import AuditError, AuditLog
+from ledger.builtin import VERB, builtin_reasons, own_files, own_reasons, path_reasons, strip_segments
 from ledger.changes import AddedLines, FileChange, apply_changes
 from ledger.config import LedgerConfig
+from ledger.decision import Decision, Reason
 from ledger.diff import PatchError, parse_unified_diff, patch_targets
 from ledger.facts import Session
-from ledger.paths import GlobSet, PathError, WorkspacePath, confine, is_utf8
+from ledger.paths import PathError, WorkspacePath, confine, is_utf8
 from ledger.policy import (
     OPS,
-    PROTECTED_PATHS,
-    SECRET_NAMES,
-    SECRET_PATTERNS,
     SEVERITY,
     Policy,
     PolicyError,
@@ -38,36 +35,7 @@ from ledger.policy import (
 
 log = logging.getLogger(__name__)
 
-_PROTECTED = [(p, GlobSet([p], ignore_case=True)) for p in PROTECTED_PATHS]
-_SECRET_FILES = [(p, GlobSet([p], ignore_case=True)) for p in SECRET_NAMES]
-_ANY_BUILTIN = GlobSet(PROTECTED_PATHS + SECRET_NAMES, ignore_case=True)  # one test first; which one only on a hit
 _Trigger = tuple[str, str]  # (what fired, what the agent can do instead)
-_VERB = {"edit": "editing", "create": "creating", "delete": "deleting", "rename": "renaming"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Reason:
-    rule: str  # the rule's name, or builtin.*, workspace, patch, policy, audit, default
-    message: str  # what happened and what would be allowed instead
-    path: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Decision:
-    decision: str  # allow | ask | deny
-    reasons: list[Reason]
-
-    @property
-    def allowed(self) -> bool:
-        return self.decision == "allow"
-
-    def to_dict(self) -> dict:
-        return {"decision": self.decision, "reasons": [dataclasses.asdict(r) for r in self.reasons]}
-
-    def format(self) -> str:
-        lines = [self.decision]
-        lines += [f"  - {r.message}" for r in self.reasons]
-        return "\n".join(lines)
 
 
 @dataclasses.dataclass
@@ -80,12 +48,7 @@ class _Ctx:
     loose: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        self.loose = tuple(dict.fromkeys(self.forms + tuple(_strip_segments(f) for f in self.forms)))
-
-
-def _strip_segments(path: str) -> str:
-    """`.git. /config` -> `.git/config`: names some filesystems treat as equal to the stripped name."""
-    return "/".join(seg.rstrip(" .") or seg for seg in path.split("/"))
+        self.loose = tuple(dict.fromkeys(self.forms + tuple(strip_segments(f) for f in self.forms)))
 
 
 class Gate:
@@ -118,7 +81,7 @@ class Gate:
         self.session = session if session is not None else Session()
         # the files that govern this gate, wherever they are: `--policy` / `--audit` inside the workspace
         # but outside .kvblend/ would otherwise be editable by the agent they constrain
-        self._own = _own_files(
+        self._own = own_files(
             self.root,
             {"policy file": policy_path or self.root / self.config.policy_file, "audit log": self.audit.path},
         )
@@ -158,7 +121,7 @@ class Gate:
             for op, path in patch_targets(text):  # judge the paths before reading any file
                 try:
                     wp = confine(self.root, path)
-                    hard += _path_reasons(op, wp) or _own_reasons(op, wp, self._own)
+                    hard += path_reasons(op, wp) or own_reasons(op, wp, self._own)
                 except PathError as e:
                     hard.append(Reason("workspace", _path_message(e), e.path))
             if hard:
@@ -247,8 +210,8 @@ class Gate:
                 hard.append(Reason("patch", problem, c.path))
                 continue
             ctx = _Ctx(c, tuple(dict.fromkeys(f for wp in wps for f in wp.forms)), AddedLines(c))
-            hard += _builtin_reasons(ctx, wps)
-            hard += [r for wp in wps for r in _own_reasons(c.op, wp, self._own)]
+            hard += builtin_reasons(ctx.change, ctx.added, wps)
+            hard += [r for wp in wps for r in own_reasons(c.op, wp, self._own)]
             ctxs.append(ctx)
 
         per_change: list[tuple[int, Reason]] = []  # (severity, reason) of each change's deciding rule
@@ -346,36 +309,6 @@ def _change_problem(c: FileChange, wps: list[WorkspacePath], written: set[str]) 
     return None
 
 
-def _own_files(root: Path, files: dict[str, str | Path]) -> dict[str, tuple[str, str]]:
-    """{comparison key: (what, workspace path)} of `files` that lie inside the workspace."""
-    real_root = os.path.realpath(root)
-    out = {}
-    for what, f in files.items():
-        real = os.path.realpath(f)
-        if real.startswith(real_root.rstrip(os.sep) + os.sep):
-            rel = real[len(real_root.rstrip(os.sep)) + 1 :].replace(os.sep, "/")
-            out[_own_key(rel)] = (what, rel)
-    return out
-
-
-def _own_key(path: str) -> str:
-    # as for .git: a case-insensitive filesystem, or one that drops trailing dots, writes the same file
-    return _strip_segments(unicodedata.normalize("NFC", path)).casefold()
-
-
-def _own_reasons(op: str, wp: WorkspacePath, own: dict[str, tuple[str, str]]) -> list[Reason]:
-    """A hard deny when `wp` is the gate's own policy file or audit log."""
-    for form in wp.forms if own else ():
-        hit = own.get(_own_key(form))
-        if hit:
-            msg = (
-                f"{_VERB[op]} {form}: it is this gate's {hit[0]} ({hit[1]}) (built-in, no rule can allow it) — "
-                "change other files"
-            )
-            return [Reason("builtin.protected-path", msg, form)]
-    return []
-
-
 def _change_trigger(rule: Rule, ctx: _Ctx) -> _Trigger | None:
     """What fired, from the per-change matchers (content, file size, else scope); None when one does not hold."""
     c = ctx.change
@@ -404,7 +337,7 @@ def _change_trigger(rule: Rule, ctx: _Ctx) -> _Trigger | None:
         if not rule.paths:
             fix = f"use an operation other than {'/'.join(rule.ops)}"
     covered = f" is covered by {' and '.join(scope)}" if scope else " matches"
-    return f"{_VERB[c.op]} {moved}{covered}", fix
+    return f"{VERB[c.op]} {moved}{covered}", fix
 
 
 def _message(rule: Rule, trigger: _Trigger) -> str:
@@ -419,50 +352,10 @@ def _message(rule: Rule, trigger: _Trigger) -> str:
 
 def _default_message(decision: str, c: FileChange) -> str:
     if decision == "allow":
-        return f"no rule covers {_VERB[c.op]} {c.path}; the policy allows it by default"
+        return f"no rule covers {VERB[c.op]} {c.path}; the policy allows it by default"
     if decision == "ask":
-        return f"no rule covers {_VERB[c.op]} {c.path}; the policy asks a person by default"
-    return f"no rule allows {_VERB[c.op]} {c.path} and the policy denies by default — ask for a rule that allows it"
-
-
-def _path_reasons(op: str, wp: WorkspacePath) -> list[Reason]:
-    """Hard denies by name: a protected path or a secret file, under the lexical or the resolved name."""
-    for form in wp.forms:
-        via = f" (through the symlink {wp.rel})" if form != wp.rel else ""
-        for cand in dict.fromkeys((form, _strip_segments(form))):
-            if not _ANY_BUILTIN.matches(cand):
-                continue
-            hit = next((p for p, g in _PROTECTED if g.matches(cand)), None)
-            if hit:
-                protected = " and ".join(p + "/" for p in PROTECTED_PATHS)
-                msg = (
-                    f"{_VERB[op]} {form}{via}: {hit}/ is protected (built-in, no rule can allow it) — change "
-                    f"files outside {protected}"
-                )
-                return [Reason("builtin.protected-path", msg, form)]
-            hit = next((p for p, g in _SECRET_FILES if g.matches(cand)), None)
-            if hit:
-                msg = (
-                    f"{_VERB[op]} {form}{via}: a secret file by name ({hit}) (built-in) — keep credentials out "
-                    "of the repository and read them from the environment"
-                )
-                return [Reason("builtin.secret-file", msg, form)]
-    return []
-
-
-def _builtin_reasons(ctx: _Ctx, wps: list[WorkspacePath]) -> list[Reason]:
-    """The hard denies: protected paths, secret files, secrets in the added lines."""
-    c = ctx.change
-    out = [r for wp in wps for r in _path_reasons(c.op, wp)]
-    for name, regex in SECRET_PATTERNS.items():
-        if ctx.added.search(regex):
-            target = c.new_path or c.path
-            msg = (
-                f"the added lines of {target} contain a {name.replace('_', ' ')} (built-in; the text is not "
-                "logged) — remove the credential and load it from the environment or a secret store"
-            )
-            out.append(Reason("builtin.secret-content", msg, target))
-    return out
+        return f"no rule covers {VERB[c.op]} {c.path}; the policy asks a person by default"
+    return f"no rule allows {VERB[c.op]} {c.path} and the policy denies by default — ask for a rule that allows it"
 
 
 def _path_message(e: PathError) -> str:
