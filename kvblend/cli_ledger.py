@@ -21,6 +21,17 @@ USAGE_ERROR = 2
 _SKIP_DIRS = {".git", ".kvblend", ".venv", "venv", "node_modules", "__pycache__", "build", "dist"}
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (a block of 0 or fewer characters printed nothing and exited 0)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def add_parser(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction | None = None) -> None:
     """Register `ledger` under the top-level subcommands and `ledger` under `bench` (when given)."""
     lp = sub.add_parser("ledger", help="check agent edits against the repository policy; audit log")
@@ -34,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersA
         p.add_argument("patch", help="unified diff file, or - for stdin")
     r = lsub.add_parser("render", help="print the ledger block that goes into agent prompts")
     _repo_args(r)
-    r.add_argument("--max-chars", type=int, default=None, help="size of the block (default 2000)")
+    r.add_argument("--max-chars", type=_positive, default=None, help="size of the block (default 2000)")
     v = lsub.add_parser("verify-audit", help="verify the hash chain of an audit log (exit 0 intact, 1 tampered)")
     v.add_argument("file", type=Path)
     v.add_argument("--json", action="store_true", help="print one JSON object")

@@ -88,6 +88,9 @@ def test_render(tmp_path):
     (root / ".kvblend" / "policy.toml").write_text("[[rule]]\n")
     r = _run("render", "--repo", str(root))
     assert r.returncode == 2 and "rule[0]" in r.stderr and "field 'name'" in r.stderr
+    for bad in ("0", "-5", "x"):
+        r = _run("render", "--repo", str(root), "--max-chars", bad)
+        assert r.returncode == 2 and "--max-chars" in r.stderr and r.stdout == ""
 
 
 def test_bench_ledger_json_contract():
