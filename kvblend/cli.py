@@ -228,10 +228,16 @@ def _complete(args: argparse.Namespace) -> int:
         settings, warnings = Settings.from_options(options)
         if warnings:
             raise ValueError("; ".join(warnings))
-    root = args.workspace or _git_root(args.file) or args.file.resolve().parent
+    root = args.workspace or _git_root(args.file)
+    use_index = not args.no_index and settings.mode != "none"
+    if root is None:  # no repository to bound it: indexing the file's directory could walk a home directory
+        if use_index:
+            print(f"kvblend: {args.file} is in no git repository: completing from the file alone (--workspace DIR "
+                  "gives it a directory's files as context)", file=sys.stderr)  # fmt: skip
+        use_index, root = False, args.file.resolve().parent
     lm = load_model(args.model, device=args.device)
     indexer = None
-    if not args.no_index and settings.mode != "none":
+    if use_index:
         from indexer import Indexer, IndexerConfig
 
         if not root.is_dir():

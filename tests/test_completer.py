@@ -275,3 +275,17 @@ def test_retrieval_query_leaves_out_the_cursor_line_in_a_lone_cr_file(lm, indexe
     c.complete(request(text, "return tot"))
     # the query is the document without the line being typed (typing within it keeps the same chunks)
     assert "helpers.normalize_customer_name" in seen[0].text and "return tot" not in seen[0].text
+
+
+def test_cli_complete_outside_a_repository_indexes_nothing(tmp_path):
+    # a file in no git repository: its directory (a home directory, say) is not walked and no cache is written
+    (tmp_path / "other.py").write_text("def helper():\n    return 1\n")
+    f = tmp_path / "x.py"
+    f.write_text("def main():\n    return hel\n")
+    args = [sys.executable, "-m", "kvblend", "complete", "--file", str(f), "--line", "2", "--col", "15", "--json"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    assert json.loads(out.stdout)["context"] == [] and "--workspace" in out.stderr
+    assert not (tmp_path / ".kvblend").exists()
