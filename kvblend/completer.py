@@ -108,10 +108,14 @@ class Completer:
 
     def update_settings(self, settings: Settings) -> None:
         with self._lock:
+            if settings == self.settings:  # clients resend the whole configuration when any of it changes
+                return
             self.settings = settings
             self._sessions.clear()  # windows, order or mode may have changed what a prompt is
             self._sessions_size = (0, 0)
-            self._shown.resize(settings.result_cache)
+            # A shown suggestion was made under the old settings (multiline, budgets, mode, temperature):
+            # serving it again would ignore the change.
+            self._shown = ShownCache(settings.result_cache)
 
     # -- the request ---------------------------------------------------------------------------
 

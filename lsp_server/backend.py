@@ -72,6 +72,14 @@ class Backend(StatusReporting):
         self._warm: dict[str, asyncio.TimerHandle] = {}
         self._gate = None
         self._gate_stamp = None
+        # Changed files waiting for one indexer update on the worker: a storm of didSave / watched-file events
+        # is one job, not one per event queued ahead of every completion.
+        self._changed_files: dict[Path, None] = {}
+        self._files_lock = threading.Lock()
+        # Set by `shutdown`; under `_life`, so that the index thread cannot start the watcher (or report ready)
+        # after shutdown stopped everything.
+        self._shut = False
+        self._life = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -202,6 +210,17 @@ class Backend(StatusReporting):
         try:
             idx.start()
             stats = idx.index()
+        except Exception as e:
+            with self._life:
+                if self._shut:  # the closed indexer stopped it: not a failure to report
+                    return
+                log.exception("indexing failed")
+                self._post(self._end_progress, f"indexing failed: {e}")
+                self._post(self.send_status, methods.StatusParams("error", f"indexing failed: {e}"))
+            return
+        with self._life:
+            if self._shut:  # shutdown closed the indexer mid-index: no "ready", no watcher left running
+                return
             msg = f"indexed {stats.files} files, {stats.chunks} chunks"
             self._post(self._end_progress, msg)
             self._post(self._ready, msg)
@@ -209,14 +228,18 @@ class Backend(StatusReporting):
                 from indexer.watcher import Watcher
 
                 self.watcher = Watcher(idx).start()
-        except Exception as e:
-            log.exception("indexing failed")
-            self._post(self._end_progress, f"indexing failed: {e}")
-            self._post(self.send_status, methods.StatusParams("error", f"indexing failed: {e}"))
 
     def shutdown(self) -> None:
-        if self.watcher is not None:
-            self.watcher.stop()
+        """Stop the watcher and the indexer; a completion running or waiting is cancelled (it stops at its next
+        decode step, so that the process can exit promptly), and so is every pending warm-up."""
+        with self._life:
+            self._shut = True
+            watcher = self.watcher
+        self._latest.clear()  # every request's `cancelled()` turns true
+        for uri in list(self._warm):
+            self._cancel_warm(uri)
+        if watcher is not None:
+            watcher.stop()
         if self.indexer is not None:
             self.indexer.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -265,7 +288,9 @@ class Backend(StatusReporting):
         except asyncio.CancelledError:  # $/cancelRequest: stop the worker too
             cancel.set()
             raise
-        if result.stop_reason == "cancelled":
+        # cancelled() again: the document may have changed after the worker's last poll (its result belongs
+        # to text the editor no longer shows)
+        if result.stop_reason == "cancelled" or cancelled():
             return None
         self.last_latency_ms = round((time.perf_counter() - t0) * 1000.0, 1)
         return result
@@ -279,6 +304,11 @@ class Backend(StatusReporting):
         self._cancel_warm(uri)
         seq = self._latest.get(uri)
         self._warm[uri] = self.loop.call_later(self.settings.warmup_ms / 1000.0, self._warm_now, uri, cursor, seq)
+
+    def changed(self, uri: str) -> None:
+        """An edit: a completion still running for the document's older text is dropped, as a newer request's
+        arrival drops it (its suggestion was made for text and a position the editor no longer has)."""
+        self._latest[uri] = next(self._seq)
 
     def closed(self, uri: str) -> None:
         """A closed document: its pending warm-up is cancelled and a completion still running for it is dropped
@@ -301,8 +331,14 @@ class Backend(StatusReporting):
         from lsp_server.convert import lsp_relative
 
         req = CompletionRequest(lsp_relative(uri, self.root), doc.source, cursor, uri, doc.version)
-        fut = self.executor.submit(self.completer.warm, req)
+        fut = self.executor.submit(self._warm_job, req, seq)
         fut.add_done_callback(_log_failure)
+
+    def _warm_job(self, req: CompletionRequest, seq: int | None) -> None:
+        """On the worker: a request or an edit since the warm-up was queued makes it moot, and running it would
+        only delay that request."""
+        if self._latest.get(req.uri) == seq:
+            self.completer.warm(req)
 
     # -- capsules and agent edits --------------------------------------------------------------
 
@@ -383,12 +419,24 @@ class Backend(StatusReporting):
     # -- files and feedback --------------------------------------------------------------------
 
     def files_changed(self, uris: list[str]) -> None:
+        """Queue the files for re-indexing; one worker job takes every file changed until it runs."""
         if self.indexer is None:
             return
         paths = [p for p in (lsp_path(u) for u in uris) if p is not None]
-        if paths:
-            fut = self.executor.submit(self.indexer.update, paths)
+        if not paths:
+            return
+        with self._files_lock:
+            queued = bool(self._changed_files)
+            self._changed_files.update(dict.fromkeys(paths))
+        if not queued:
+            fut = self.executor.submit(self._update_files)
             fut.add_done_callback(_log_failure)
+
+    def _update_files(self) -> None:
+        with self._files_lock:
+            paths, self._changed_files = list(self._changed_files), {}
+        if paths:
+            self.indexer.update(paths)
 
     def set_open(self) -> None:
         if self.indexer is None:

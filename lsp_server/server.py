@@ -82,7 +82,10 @@ def build_server(options: ServerOptions | None = None) -> KvblendServer:
     def did_change(ls: KvblendServer, params: types.DidChangeTextDocumentParams) -> None:
         uri = params.text_document.uri
         doc = lsp_document(ls.workspace, uri)
-        if doc is not None and params.content_changes:
+        if doc is None:
+            return
+        ls.backend.changed(uri)
+        if params.content_changes:
             ls.backend.schedule_warm(uri, lsp_change_cursor(doc, params.content_changes[-1]))
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
