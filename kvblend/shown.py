@@ -25,9 +25,6 @@ class ShownCache:
     def __init__(self, size: int) -> None:
         self._items: collections.deque[Shown] = collections.deque(maxlen=max(size, 1))
 
-    def resize(self, size: int) -> None:
-        self._items = collections.deque(self._items, maxlen=max(size, 1))
-
     def remember(self, path: str, text: str, cursor: int, suggestion: str) -> None:
         before, after = text[max(0, cursor - WINDOW) : cursor], text[cursor : cursor + WINDOW]
         self._items.append(Shown(path, cursor, before, after, suggestion))
