@@ -6,26 +6,13 @@ import * as assert from "assert";
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
+import { until } from "./until";
 import * as host from "./vscode-host";
 
 const serverEnv = process.env.KVBLEND_SMOKE_SERVER;
 
 const MAIN = 'from geometry import shapes\n\n\ndef diagonal(width, height):\n    """The diagonal of a width x height rectangle."""\n    return shapes.compute_hyp\n';
 const SHAPES = 'def compute_hypotenuse_length(a, b):\n    return (a * a + b * b) ** 0.5\n';
-
-async function until<T>(fn: () => T | undefined, what: string, timeoutMs: number): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = fn();
-    if (v) {
-      return v;
-    }
-    if (Date.now() - t0 > timeoutMs) {
-      throw new Error(`timed out waiting for ${what}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 async function stats(): Promise<any> {
   // A request that fails shows a message instead of a document: retry a few times, then report what was shown.

@@ -3,23 +3,10 @@
 /* eslint-disable @typescript-eslint/no-explicit-any */
 import * as assert from "assert";
 import * as path from "path";
+import { until } from "./until";
 import * as host from "./vscode-host";
 
 const FAKE = path.join(__dirname, "fake-server.js");
-
-async function until<T>(fn: () => T | undefined, what: string, timeoutMs: number): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = fn();
-    if (v) {
-      return v;
-    }
-    if (Date.now() - t0 > timeoutMs) {
-      throw new Error(`timed out waiting for ${what}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe("extension when the server fails", function () {
   this.timeout(60_000);
