@@ -1,5 +1,5 @@
 """What the handlers call: model and indexer lifecycle, request superseding and debounce, warm-up (status and
-progress reporting: `status.py`).
+progress reporting: `status.py`; capsule requests and agent edits: `agent.py`).
 
 Threads: the asyncio loop runs the handlers; one worker thread ("kvblend-model") runs every completion and
 warm-up on the model, one at a time; the indexer computes chunk KV in its own background thread; watchdog
@@ -32,6 +32,7 @@ from kvblend.completer import Completer
 from kvblend.completion import Completion, CompletionRequest
 from kvblend.settings import Settings
 from lsp_server import methods
+from lsp_server.agent import CapsulesAndEdits
 from lsp_server.convert import lsp_document, lsp_path, lsp_request
 from lsp_server.status import StatusReporting
 
@@ -52,7 +53,7 @@ class ServerOptions:
     engine: str = "torch"  # torch (ours) | vllm (vLLM serves, fed blended KV; see kvblend.engine)
 
 
-class Backend(StatusReporting):
+class Backend(StatusReporting, CapsulesAndEdits):
     def __init__(self, server: LanguageServer, options: ServerOptions) -> None:
         self.server = server
         self.options = options
@@ -70,8 +71,7 @@ class Backend(StatusReporting):
         self._seq = itertools.count(1)
         self._latest: dict[str, int] = {}
         self._warm: dict[str, asyncio.TimerHandle] = {}
-        self._gate = None
-        self._gate_stamp = None
+        self._init_edits()
         # Changed files waiting for one indexer update on the worker: a storm of didSave / watched-file events
         # is one job, not one per event queued ahead of every completion.
         self._changed_files: dict[Path, None] = {}
@@ -340,7 +340,7 @@ class Backend(StatusReporting):
         if self._latest.get(req.uri) == seq:
             self.completer.warm(req)
 
-    # -- capsules and agent edits --------------------------------------------------------------
+    # -- the loaded completer ------------------------------------------------------------------
 
     async def _completer(self) -> Completer:
         """The completer once loaded. While the model cannot load, a request gets that error as one line (the
@@ -349,72 +349,6 @@ class Backend(StatusReporting):
             return await asyncio.wrap_future(self.loaded)
         except Exception as e:
             raise JsonRpcInternalError(f"kvblend is not serving: {e}") from None
-
-    async def capsule(self, method: str, params: dict):
-        """Run a kvblend/capsule.* request on the model thread (it touches live sessions)."""
-        completer = await self._completer()
-        keeper = completer.capsules
-        if keeper is None:
-            raise JsonRpcInvalidParams("capsules are off in this server")
-        calls = {
-            methods.CAPSULE_SNAPSHOT: lambda: completer.capsule_snapshot(params["uri"]),
-            methods.CAPSULE_RESTORE: lambda: keeper.pin(params["id"]),
-            methods.CAPSULE_UNDO: lambda: keeper.undo(params["uri"]),
-            methods.CAPSULE_FORK: lambda: {"branches": keeper.fork(params["id"], params["n"])},
-            methods.CAPSULE_LIST: lambda: keeper.list(params.get("uri")),
-            methods.CAPSULE_DROP: lambda: {"dropped": keeper.drop(params["id"])},
-        }
-        try:
-            return await self.loop.run_in_executor(self.executor, calls[method])
-        except ValueError as e:  # unknown capsule, no live session, fork n < 1
-            raise JsonRpcInvalidParams(f"{method}: {e}") from None
-
-    def gate(self):
-        """The ledger's gate for this workspace, rebuilt when the policy file changes (a broken policy denies)."""
-        from ledger import Gate, LedgerConfig
-
-        if self.root is None:
-            raise JsonRpcInvalidParams("applyAgentEdit needs a workspace folder")
-        policy = self.root / LedgerConfig().policy_file
-        stamp = policy.stat().st_mtime_ns if policy.exists() else None
-        if self._gate is None or self._gate_stamp != stamp:
-            self._gate, self._gate_stamp = Gate(self.root), stamp
-        return self._gate
-
-    async def apply_agent_edit(self, params: dict) -> dict:
-        """Check an agent's WorkspaceEdit with the ledger; an allowed one is snapshotted (capsules of the
-        open documents it touches) and sent to the client as workspace/applyEdit."""
-        from lsp_server.convert import lsp_file_changes, lsp_workspace_edit
-
-        edit = lsp_workspace_edit(params.get("edit"), methods.APPLY_AGENT_EDIT)
-        changes = lsp_file_changes(edit, self.server.workspace, self.root)
-        gate = self.gate()
-        decision = await self.loop.run_in_executor(None, gate.check, changes, bool(params.get("approved")))
-        out = decision.to_dict() | {"applied": False}
-        if not decision.allowed:
-            return out
-        if self.completer is not None and self.completer.capsules is not None:
-            for uri in {u for u in (edit.changes or {})} | {
-                op.text_document.uri for op in edit.document_changes or [] if isinstance(op, types.TextDocumentEdit)
-            }:
-                try:
-                    out.setdefault("capsules", []).append(
-                        (await self.loop.run_in_executor(self.executor, self.completer.capsule_snapshot, uri))["id"]
-                    )
-                except ValueError:
-                    pass  # no live session for that document: nothing to keep
-        try:
-            result = await self.server.workspace_apply_edit_async(
-                types.ApplyWorkspaceEditParams(edit=edit, label=params.get("label") or "kvblend agent edit")
-            )
-        except Exception as e:  # an error response, or one that is no ApplyWorkspaceEditResult (null)
-            log.warning("workspace/applyEdit failed: %s", e)
-            out["failureReason"] = f"the client did not answer workspace/applyEdit with a result: {e}"
-            return out
-        out["applied"] = bool(result.applied)
-        if not result.applied:
-            out["failureReason"] = result.failure_reason or "the client did not apply the edit"
-        return out
 
     # -- files and feedback --------------------------------------------------------------------
 
