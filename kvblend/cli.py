@@ -6,15 +6,14 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
 from kvblend import cli_capsule, cli_eval, cli_ledger
+from kvblend.lines import line_bounds, line_starts
 
 log = logging.getLogger(__name__)
 
-_LINE_END = re.compile(r"\r\n|\r|\n")  # LSP's line ends (= kvblend.stops), not str.splitlines' \f, \x85 ...
 # = kvblend.engine.ENGINES, spelled out so that the CLI starts without importing torch (tests check they agree).
 ENGINES = ("torch", "vllm")
 
@@ -276,12 +275,11 @@ def _cursor(text: str, line: int, col: int) -> int:
     r"""Character offset of a 1-based line and column (in characters). Lines end at \r\n, \r or \n, as the
     language server counts them, so that a CRLF file's line ends where the user sees it; column len(line)+1
     is the line's end (before its line end)."""
-    starts = [0] + [m.end() for m in _LINE_END.finditer(text)]
+    starts = line_starts(text)
     if not 1 <= line <= len(starts):
         raise ValueError(f"line {line} outside the file (1..{len(starts)})")
     start = starts[line - 1]
-    end = _LINE_END.search(text, start)
-    width = (len(text) if end is None else end.start()) - start
+    width = line_bounds(text, start)[1] - start
     if not 1 <= col <= width + 1:
         raise ValueError(f"column {col} outside line {line} (1..{width + 1})")
     return start + col - 1

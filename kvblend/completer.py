@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from indexer.secrets import is_secret_path, secret_in_span
 from kvblend.capsules import CapsuleKeeper, kv_recipe
 from kvblend.completion import Completion, CompletionRequest
 from kvblend.engine import Engine, EngineRequest, TorchEngine
+from kvblend.lines import line_bounds
 from kvblend.settings import Settings
 from kvblend.shown import ShownCache
 from kvblend.stats import Stats
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 RETRIEVAL_CHARS = 64 << 10  # retrieval reads at most this much of a document around the cursor (huge files)
 # Context budgets shrink in steps of this many tokens to fit the model's window (not at every keystroke).
 CONTEXT_STEP = 256
-_LINE_BREAK = re.compile(r"[\r\n]")
 MAX_SESSIONS = 4  # live document sessions kept (each holds the KV of ~4k tokens: ~25 MB on the bundled model)
 
 
@@ -367,9 +366,8 @@ class Completer:
         idx, text = self.indexer, req.text
         # the cursor's line, ended as the LSP ends lines (\n, \r\n or a lone \r: an old Mac file is one line
         # for "\n" alone, and its query was empty)
-        line_start = max(text.rfind("\n", 0, req.cursor), text.rfind("\r", 0, req.cursor)) + 1
-        end = _LINE_BREAK.search(text, req.cursor)
-        head, tail = text[:line_start], text[end.start() :] if end is not None else ""
+        line_start, line_end = line_bounds(text, req.cursor)
+        head, tail = text[:line_start], text[line_end:]
         if len(head) > RETRIEVAL_CHARS:  # imports from the top, identifiers from near the cursor
             head = head[:8192] + "\n" + head[-RETRIEVAL_CHARS:]
         rr = RetrievalRequest(

@@ -17,11 +17,11 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-from collections.abc import Iterator
+
+from kvblend.lines import iter_lines, line_bounds, lines_of
 
 MODES = ("auto", "always", "never")  # multi-line: decided per cursor, always blocks, never (single lines)
 _OPENERS = (":", "{", "(", "[", "=>", "->")
-_LINE_END = re.compile(r"\r\n|\r|\n")  # not str.splitlines, which also splits at \f, \x85, \u2028 ...
 _CLOSER = re.compile(r"(?:else|elif|except|finally)\b|[)\]}]")
 
 
@@ -43,9 +43,7 @@ def plan_for(text: str, cursor: int, mode: str = "auto") -> StopPlan:
     """How to stop a completion at character offset `cursor` of `text`."""
     if mode not in MODES:
         raise ValueError(f"unknown multiline mode {mode!r} (expected one of {MODES})")
-    line_start = max(text.rfind("\n", 0, cursor), text.rfind("\r", 0, cursor)) + 1
-    m = _LINE_END.search(text, cursor)
-    line_end = len(text) if m is None else m.start()
+    line_start, line_end = line_bounds(text, cursor)
     before, after = text[line_start:cursor], text[cursor:line_end]
     indent = indent_of(before) if before.strip() else len(before)
     if mode != "auto":
@@ -80,20 +78,6 @@ def cut(text: str, plan: StopPlan) -> tuple[str, bool]:
     return whole_chars("\n".join(lines)), False
 
 
-def lines_of(text: str) -> list[str]:
-    r"""The lines of `text` without their ends, split at \r\n, \r and \n: "a\r\nb\rc\n" -> ["a", "b", "c", ""]."""
-    return _LINE_END.split(text)
-
-
-def _iter_lines(text: str) -> Iterator[str]:
-    """`lines_of(text)`, one at a time."""
-    start = 0
-    for m in _LINE_END.finditer(text):
-        yield text[start : m.start()]
-        start = m.end()
-    yield text[start:]
-
-
 def whole_chars(text: str) -> str:
     """`text` without the U+FFFD that ends it: byte-level tokens split multi-byte characters, and a decode
     that stops inside one (a token budget, a time budget) shows its first bytes as U+FFFD."""
@@ -114,7 +98,7 @@ def trim_suffix_overlap(completion: str, suffix: str) -> str:
     - Whole lines: trailing completion lines equal to the first lines after the cursor are dropped.
     """
     comp_lines = lines_of(completion)
-    line_after = next(_iter_lines(suffix))
+    line_after = next(iter_lines(suffix))
     if line_after.strip() and len(comp_lines) == 1:
         for n in range(min(len(line_after), len(completion)), 0, -1):
             seg = line_after[:n]
@@ -122,7 +106,7 @@ def trim_suffix_overlap(completion: str, suffix: str) -> str:
                 return completion[:-n]
         return completion
     # the suffix may be the rest of a 5 MB document: read only as many lines as can repeat
-    suf_lines = list(itertools.islice((ln for ln in _iter_lines(suffix) if ln.strip()), len(comp_lines) - 1))
+    suf_lines = list(itertools.islice((ln for ln in iter_lines(suffix) if ln.strip()), len(comp_lines) - 1))
     if not suf_lines or len(comp_lines) < 2:
         return completion
     for n in range(min(len(comp_lines) - 1, len(suf_lines)), 0, -1):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -17,22 +16,19 @@ from pygls.workspace import TextDocument
 from pygls.workspace.position_codec import PositionCodec
 
 from kvblend.completion import Completion, CompletionRequest
+from kvblend.lines import line_starts
 
 log = logging.getLogger(__name__)
 
 MAX_DOCUMENT_CHARS = 32 << 20  # beyond this a document is not completed at all (nothing useful fits a prompt)
-_LINE_BREAK = re.compile(r"(\r\n|\r|\n)")  # LSP's only line ends (str.splitlines also splits at \f, \x85, ...)
 
 
 def lsp_lines(text: str) -> list[str]:
     r"""The document's lines as LSP counts them, each with its line end: "a\r\nb\fc\rd" -> ["a\r\n",
     "b\fc\r", "d"]. A text ending in a line end has no empty last line here (the position after it is the
     line `len(lines)`, column 0)."""
-    parts = _LINE_BREAK.split(text)  # [line, end, line, end, ..., last line (maybe "")]
-    lines = [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)]
-    if parts[-1]:
-        lines.append(parts[-1])
-    return lines
+    starts = line_starts(text)
+    return [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True) if a < b]
 
 
 def lsp_offset(doc: TextDocument, position: types.Position) -> int:

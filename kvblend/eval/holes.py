@@ -18,19 +18,18 @@ import ast
 import builtins
 import collections
 import logging
-import re
 from pathlib import Path
 
 from indexer.config import IndexerConfig
 from indexer.retrieval import imported_paths
 from indexer.walk import walk_workspace
 from kvblend.eval.datasets import DatasetError, EvalItem
+from kvblend.lines import line_starts, lines_of
 
 log = logging.getLogger(__name__)
 
 MIN_MIDDLE_CHARS = 4  # shorter lines (`x = y`) say little about context use
 MAX_MIDDLE_CHARS = 120  # longer than a single-line budget of 32 tokens can reach
-_NEWLINE = re.compile(r"\r\n|\r|\n")
 _SIMPLE = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr, ast.Return, ast.Raise, ast.Assert)
 
 
@@ -142,8 +141,7 @@ def _file_holes(root: str, path: str, text: str, tree, own: set[str], imported: 
         return []
     bound = bound_names(tree)
     # ast numbers lines as Python does: \n, \r\n and a lone \r each end one (old Mac files use only \r).
-    lines = _NEWLINE.split(text)
-    starts = [0] + [m.end() for m in _NEWLINE.finditer(text)]
+    lines, starts = lines_of(text), line_starts(text)
     docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
     out, seen_lines = [], set()
     for node in ast.walk(tree):
