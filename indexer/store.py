@@ -119,12 +119,18 @@ class TieredStore(KVStore):
         return None
 
     def put(self, key: ChunkKey, kv: ChunkKV) -> None:
+        kv = _fp16(key, kv)
+        if kv is None:
+            return
         for t in self.tiers:
             t.put(key, kv)
 
     def put_cold(self, key: ChunkKey, kv: ChunkKV) -> None:
         """Write to every tier but memory (to memory as well when it is the only tier): for chunks nobody is
         reading now, which a later `get` promotes."""
+        kv = _fp16(key, kv)
+        if kv is None:
+            return
         below = [t for t in self.tiers if t.name != "memory"]
         for t in below or self.tiers:
             t.put(key, kv)
@@ -142,3 +148,16 @@ class TieredStore(KVStore):
     def close(self) -> None:
         for t in self.tiers:
             t.close()
+
+
+def _fp16(key: ChunkKey, kv: ChunkKV) -> ChunkKV | None:
+    """`kv` with k, v rounded to fp16, as disk and Redis store them: the memory tier kept other dtypes as given,
+    so a chunk served from memory had other bits (and twice the bytes, for fp32) than the same chunk from disk.
+    None (logged) when fp16 overflows: such KV is stored in no tier, as `serde` refuses it."""
+    if kv.k.dtype == torch.float16 and kv.v.dtype == torch.float16:
+        return kv
+    k, v = kv.k.to(torch.float16), kv.v.to(torch.float16)
+    if not (bool(torch.isfinite(k).all()) and bool(torch.isfinite(v).all())):
+        log.warning("KV of %s is not finite in fp16 (overflow): not stored", key.to_str())
+        return None
+    return ChunkKV(kv.tokens, k, v, kv.positions)

@@ -16,11 +16,14 @@ import collections
 import dataclasses
 import hashlib
 import logging
+import os
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
@@ -89,22 +92,44 @@ class KVHandoff:
         with _LOCK:
             _STATS["puts"] += 1
         if self.directory is not None:
-            save_file({"k": k.contiguous().cpu(), "v": v.contiguous().cpu()}, self._path(key))
+            self._write(key, k, v)
         else:
             with _LOCK:
                 _MEMORY[key.to_str()] = (k, v)
         return key
 
+    def _write(self, key: HandoffKey, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Save to a temporary file beside the entry, then rename it over the entry: another process's connector
+        (or another engine putting the same prompt) never reads a half-written file."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{key.to_str()}.", suffix=".tmp", dir=self.directory)
+        os.close(fd)
+        try:
+            save_file({"k": k.contiguous().cpu(), "v": v.contiguous().cpu()}, tmp)
+            os.replace(tmp, self._path(key))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
     def get(self, key: HandoffKey) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(k, v) of `key`, or None when it is not here."""
+        """(k, v) of `key`, or None when it is not here (or its file was dropped or is unreadable: vLLM then
+        recomputes those tokens rather than failing the request)."""
         with _LOCK:
             kv = _MEMORY.get(key.to_str())
-        if kv is None and self.directory is not None and self._path(key).is_file():
-            t = load_file(self._path(key))
-            kv = t["k"], t["v"]
+        if kv is None and self.directory is not None:
+            kv = self._load(key)
         with _LOCK:
             _STATS["loads" if kv is not None else "misses"] += 1
         return kv
+
+    def _load(self, key: HandoffKey) -> tuple[torch.Tensor, torch.Tensor] | None:
+        try:
+            t = load_file(self._path(key))
+            return t["k"], t["v"]
+        except FileNotFoundError:  # dropped by its engine after `has` said yes
+            return None
+        except (SafetensorError, KeyError, OSError) as e:  # damaged, not ours, unreadable
+            log.warning("cannot load hand-off %s: %s", key.to_str(), e)
+            return None
 
     def has(self, key: HandoffKey) -> bool:
         with _LOCK:
