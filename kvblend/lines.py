@@ -16,7 +16,28 @@ LINE_END = re.compile(r"\r\n|\r|\n")
 
 def lines_of(text: str) -> list[str]:
     r"""The lines of `text` without their ends: "a\r\nb\rc\n" -> ["a", "b", "c", ""]."""
-    return LINE_END.split(text)
+    end = _uniform_end(text)
+    return text.split(end) if end is not None else LINE_END.split(text)
+
+
+def split_ends(text: str) -> tuple[list[str], list[str]]:
+    """`lines_of(text)` and the line end after each line but the last."""
+    end = _uniform_end(text)
+    if end is None:
+        return LINE_END.split(text), LINE_END.findall(text)
+    lines = text.split(end)
+    return lines, [end] * (len(lines) - 1)
+
+
+def _uniform_end(text: str) -> str | None:
+    r"""The one line end `text` uses (\n, \r\n or \r), or None when it mixes them. Files nearly always use one,
+    and `str.split` on it is ~5x faster than the regex (the server splits whole documents at every keystroke)."""
+    if "\r" not in text:
+        return "\n"
+    if "\n" not in text:
+        return "\r"
+    n = text.count("\r\n")
+    return "\r\n" if n == text.count("\r") == text.count("\n") else None
 
 
 def iter_lines(text: str) -> Iterator[str]:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kvblend.lines import iter_lines, line_bounds, line_starts, lines_of
+from kvblend.lines import LINE_END, iter_lines, line_bounds, line_starts, lines_of, split_ends
 from lsp_server.convert import lsp_lines
 
 TEXT = "a\r\nbb\rc\fd\n\ne"  # CRLF, a lone CR, a form feed inside a line (not a line end), LF, an empty line
@@ -20,3 +20,10 @@ def test_lines_end_at_crlf_cr_and_lf_only():
                                                 (12, (11, 12))])  # fmt: skip
 def test_line_bounds_stop_before_the_line_end(offset, bounds):
     assert line_bounds(TEXT, offset) == bounds
+
+
+@pytest.mark.parametrize("text", ["a\nb\n", "a\r\nb\r\n", "a\rb", "a\r\nb\nc", "a\rb\nc", "\r\n\r", "", "x"])
+def test_one_line_end_splits_as_the_regex_does(text):
+    # files with one kind of line end take str.split; mixed ones the regex: the same lines either way
+    lines, ends = split_ends(text)
+    assert lines == lines_of(text) == LINE_END.split(text) and ends == LINE_END.findall(text)
