@@ -18,6 +18,7 @@ from pathlib import Path
 from indexer.config import IndexerConfig
 from indexer.ignore import IgnoreRules
 from indexer.secrets import find_secret, is_secret_path
+from ledger.paths import is_utf8
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,7 @@ def _bad_name(rel: str) -> str | None:
     """Why a name cannot go into a chunk header, or None. Not UTF-8 on disk (Linux names are bytes; Python maps
     the bad ones to lone surrogates, which the tokenizer refuses), or holding a line break: the header is
     `<|file_sep|>path\n`, so the rest of the name would read as the file's first line."""
-    try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError:
+    if not is_utf8(rel):
         return "not_utf8_name"
     return "line_break_in_name" if "\n" in rel or "\r" in rel else None
 
