@@ -1,5 +1,8 @@
 """File changes: the whole-file edits the gate judges, their added lines, and applying them atomically.
 
+`merge_renames` folds the edits of a rename's new name that continue it (an LSP client applies a RenameFile and
+then TextDocumentEdits of the new uri in order) into the rename: one change, judged and written as one.
+
 `apply_changes` validates everything first (paths confined, every file still holding the content the change
 was computed from, targets of creates and renames absent), then writes each file through a temporary file and
 an atomic rename; if a write fails midway the files already replaced are restored from the old texts.
@@ -14,7 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ledger.paths import WorkspacePath, confine
+from ledger.paths import PathError, WorkspacePath, confine, normalize
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,45 @@ class FileChange:
     @property
     def paths(self) -> tuple[str, ...]:
         return (self.path,) if self.new_path is None else (self.path, self.new_path)
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        """The operations rules' `ops` see: a rename that also changes the text is an edit too, so that a rule
+        on edits cannot be passed by renaming a file in the same change."""
+        if self.op == "rename" and self.old_text != self.new_text:
+            return ("rename", "edit")
+        return (self.op,)
+
+
+def merge_renames(changes: list[FileChange]) -> list[FileChange]:
+    """`changes` with every edit of a rename's new name whose `old_text` is the text the rename left folded into
+    the rename: one change from the file before the rename to the file after the edits, so that the gate
+    judges what is written, under both names. Anything else stays as it is (the gate denies a file written
+    twice); `changes` itself when it holds no rename."""
+    if not any(c.op == "rename" for c in changes):
+        return changes
+    out: list[FileChange] = []
+    renamed: dict[str, int] = {}  # new name of a rename -> its index in `out`, while nothing else touched it
+    for c in changes:
+        names = [_name(p) for p in c.paths]
+        i = renamed.get(names[0]) if c.op == "edit" else None
+        if i is not None and c.old_text is not None and out[i].new_text == c.old_text:
+            r = out[i]
+            out[i] = FileChange.build("rename", r.path, r.old_text, c.new_text, new_path=r.new_path)
+            continue
+        for name in names:
+            renamed.pop(name, None)
+        if c.op == "rename" and c.new_path is not None:
+            renamed[names[1]] = len(out)
+        out.append(c)
+    return out
+
+
+def _name(path: str) -> str:
+    try:
+        return normalize(path)
+    except PathError:  # the gate denies it; nothing to fold
+        return path
 
 
 def split_lines(text: str) -> list[str]:

@@ -1,8 +1,9 @@
 """The ledger: typed live facts of an agent session, rendered as a compact block for agent prompts.
 
 Facts: files touched by allowed edits (with their operation and changed lines, the basis of per-session
-limits), identifiers defined in the repository (the caller provides them, e.g. from the indexer), tests run
-with their result, and the constraints in force (the policy's rules, one line each).
+limits; each file once, under its real path in the workspace, whatever symlink an edit named it by),
+identifiers defined in the repository (the caller provides them, e.g. from the indexer), tests run with their
+result, and the constraints in force (the policy's rules, one line each).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 class Touch:
     op: str  # the last operation on the file
     lines: int  # lines changed in it by allowed edits, summed
+    links: list[str] = dataclasses.field(default_factory=list)  # other names edits wrote it by (symlinks)
+
+    def names(self, path: str) -> list[str]:
+        return [path, *self.links]
 
 
 @dataclasses.dataclass
@@ -36,28 +42,44 @@ class Session:
     """What allowed edits of one agent session did; the gate's per-session limits read it."""
 
     id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:12])
-    touched: dict[str, Touch] = dataclasses.field(default_factory=dict)  # path -> Touch, first touch first
+    touched: dict[str, Touch] = dataclasses.field(default_factory=dict)  # real path -> Touch, first touch first
     edits: int = 0  # allowed edits
     lines_changed: int = 0  # over all files, kept as a running sum (read on every decision)
 
-    def record(self, changes: list[FileChange]) -> None:
+    def record(self, changes: list[FileChange], real: Mapping[str, str] | None = None) -> None:
+        """Count an allowed edit. `real` maps a normalized path that leads through a symlink to the workspace
+        file it resolves to (the gate passes what it resolved): a file edited as `docs/link` and as
+        `src/a.py` is one file, `src/a.py`, so that a session limit cannot be split across its names."""
+        real = real or {}
         for c in changes:
             if c.new_path is not None:
-                self._add(_key(c.path), c.op, 0)
-            self._add(_key(c.new_path or c.path), c.op, c.lines_changed)
+                self._add(_key(c.path), c.op, 0, real)
+            self._add(_key(c.new_path or c.path), c.op, c.lines_changed, real)
         self.edits += 1
 
-    def _add(self, path: str, op: str, lines: int) -> None:
+    def _add(self, name: str, op: str, lines: int, real: Mapping[str, str]) -> None:
+        path = real.get(name, name)
         t = self.touched.setdefault(path, Touch(op, 0))
+        if name != path and name not in t.links:
+            t.links.append(name)
         t.op = op
         t.lines += lines
         self.lines_changed += lines
 
+    def names(self) -> list[str]:
+        """Every name of every touched file: real paths and the links edits used (what companions match)."""
+        return [n for p, t in self.touched.items() for n in t.names(p)]
+
     def lines_matching(self, globs: GlobSet | None) -> int:
-        """Lines changed in files matching `globs` (all files when None)."""
+        """Lines changed in files matching `globs` (all files when None) by their real path or a link an edit
+        wrote them through, as the gate judges a change under both."""
         if globs is None:
             return self.lines_changed
-        return sum(t.lines for p, t in self.touched.items() if globs.matches(p))
+        return sum(
+            t.lines
+            for p, t in self.touched.items()
+            if globs.matches(p) or (t.links and any(globs.matches(n) for n in t.links))
+        )
 
     @classmethod
     def from_audit(cls, path: str | Path, session_id: str) -> Session:
@@ -70,17 +92,18 @@ class Session:
         """
         s = cls(id=session_id)
         skipped = 0
+        logged: tuple[list[FileChange], dict[str, str]] | None
         try:
             with open(path, "rb") as f:
                 for raw in f:
                     rec = parse_record(raw)
                     if rec is not None and (rec.get("session") != session_id or rec.get("decision") != "allow"):
                         continue
-                    changes = _logged_changes(rec.get("changes")) if rec is not None else None
-                    if changes is None:
+                    logged = _logged_changes(rec.get("changes")) if rec is not None else None
+                    if logged is None:
                         skipped += 1
                         continue
-                    s.record(changes)
+                    s.record(*logged)
         except FileNotFoundError:
             return s
         except OSError as e:
@@ -104,17 +127,25 @@ def _key(path: str) -> str:
         return path
 
 
-def _logged_changes(entries: Any) -> list[FileChange] | None:
-    """The changes of an audit record (`op`, `path`, `new_path`, `lines` each), or None when one is malformed."""
+def _logged_changes(entries: Any) -> tuple[list[FileChange], dict[str, str]] | None:
+    """The changes of an audit record (`op`, `path`, `new_path`, `lines` each, and `real_path` / `real_new_path`
+    where a path led through a symlink) and the real paths as `Session.record` takes them; None when one is
+    malformed."""
     from ledger.changes import FileChange
 
     if not isinstance(entries, list):
         return None
     out = []
+    real: dict[str, str] = {}
     for c in entries:
         if not isinstance(c, dict):
             return None
         op, path, new_path, lines = c.get("op"), c.get("path"), c.get("new_path"), c.get("lines")
+        for name, key in ((path, "real_path"), (new_path, "real_new_path")):
+            if key in c:
+                if not isinstance(name, str) or not isinstance(c[key], str):
+                    return None
+                real[_key(name)] = _key(c[key])
         if (
             op not in OPS
             or not isinstance(path, str)
@@ -126,7 +157,7 @@ def _logged_changes(entries: Any) -> list[FileChange] | None:
         ):
             return None
         out.append(FileChange(op, path, new_path, None, None, lines))
-    return out
+    return out, real
 
 
 @dataclasses.dataclass(frozen=True)

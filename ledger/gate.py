@@ -18,12 +18,12 @@ from pathlib import Path
 
 from ledger.audit import AuditError, AuditLog
 from ledger.builtin import VERB, builtin_reasons, own_files, own_reasons, path_reasons, strip_segments
-from ledger.changes import AddedLines, FileChange, apply_changes
+from ledger.changes import AddedLines, FileChange, apply_changes, merge_renames
 from ledger.config import LedgerConfig
 from ledger.decision import Decision, Reason
 from ledger.diff import PatchError, parse_unified_diff, patch_targets
 from ledger.facts import Session
-from ledger.paths import PathError, WorkspacePath, confine, is_utf8
+from ledger.paths import PathError, WorkspacePath, confine, is_utf8, normalize
 from ledger.policy import (
     OPS,
     SEVERITY,
@@ -95,17 +95,20 @@ class Gate:
 
         `approved=True` (a person confirmed) turns ask into allow; it never lifts a deny. Content rules look at
         the lines `new_text` adds to `old_text`, so `old_text` must be the content the edit is applied to (the
-        file on disk, or the server's copy of the open document); `apply_changes` refuses a stale one.
+        file on disk, or the server's copy of the open document); `apply_changes` refuses a stale one. A rename
+        and edits of its new name that continue it are judged as one change (`merge_renames`).
         """
+        changes = merge_renames(changes)
         with self._lock:
+            real: dict[str, str] = {}
             if self.policy is None:
                 msg = f"{self.policy_error} — every edit is denied until the policy file is fixed"
                 decision = Decision("deny", [Reason("policy", msg)])
             else:
-                decision = self._evaluate(changes)
+                decision, real = self._evaluate(changes)
             if approved and decision.decision == "ask":
                 decision = Decision("allow", [*decision.reasons, Reason("approved", "a person approved this edit")])
-            return self._record(decision, changes)
+            return self._record(decision, changes, real=real)
 
     def check_patch(self, text: str | bytes, approved: bool = False) -> tuple[Decision, list[FileChange]]:
         """Parse the unified diff `text` against the workspace and check it; a patch that cannot be parsed or
@@ -136,6 +139,7 @@ class Gate:
 
     def apply(self, changes: list[FileChange], approved: bool = False) -> Decision:
         """Check `changes`; when allowed, call `before_apply`, then write them (see `apply_changes`)."""
+        changes = merge_renames(changes)  # what is judged is what is written
         decision = self.check(changes, approved)
         if decision.allowed:
             self._write(changes)
@@ -168,11 +172,19 @@ class Gate:
         }
         self.audit.append(entry)
 
-    def _record(self, decision: Decision, changes: list[FileChange], extra: dict | None = None) -> Decision:
+    def _record(
+        self,
+        decision: Decision,
+        changes: list[FileChange],
+        extra: dict | None = None,
+        real: dict[str, str] | None = None,
+    ) -> Decision:
+        """Log `decision`; an allowed one counts in the session, each file under its `real` path (see
+        `Session.record`), which the record keeps too, so that `Session.from_audit` counts it the same way."""
         entry = {
             "event": "decision",
             "decision": decision.decision,
-            "changes": _summary(changes),
+            "changes": _summary(changes, real),
             "reasons": [dataclasses.asdict(r) for r in decision.reasons],
             "policy": self.policy.source if self.policy is not None else None,
             **(extra or {}),
@@ -183,7 +195,7 @@ class Gate:
             log.error("%s", e)
             return Decision("deny", [Reason("audit", f"{e} — no edit is allowed while decisions cannot be logged")])
         if decision.allowed:
-            self.session.record(changes)
+            self.session.record(changes, real)
         log.info("%s: %d change(s), %d reason(s)", decision.decision, len(changes), len(decision.reasons))
         return decision
 
@@ -192,19 +204,22 @@ class Gate:
             digest = hashlib.sha256(patch.encode("utf-8", errors="replace")).hexdigest()
             return self._record(Decision("deny", reasons), [], {"patch_sha256": digest})
 
-    def _evaluate(self, changes: list[FileChange]) -> Decision:
+    def _evaluate(self, changes: list[FileChange]) -> tuple[Decision, dict[str, str]]:
+        """The decision on `changes`, and the real path of each (normalized) path that leads through a symlink."""
         assert self.policy is not None
         if not changes:
-            return Decision("deny", [Reason("patch", "the edit changes no file — send at least one change")])
+            return Decision("deny", [Reason("patch", "the edit changes no file — send at least one change")]), {}
         hard: list[Reason] = []
         ctxs: list[_Ctx] = []
         written: set[str] = set()  # resolved paths of the changes so far
+        real: dict[str, str] = {}
         for c in changes:
             try:
                 wps = [confine(self.root, p) for p in c.paths]
             except PathError as e:
                 hard.append(Reason("workspace", _path_message(e), e.path))
                 continue
+            real.update((wp.rel, wp.real) for wp in wps if wp.rel != wp.real)
             problem = _change_problem(c, wps, written)
             if problem:
                 hard.append(Reason("patch", problem, c.path))
@@ -227,10 +242,10 @@ class Gate:
 
         if hard:
             reasons = hard + [r for s, r in per_change if s == SEVERITY["deny"]]
-            return Decision("deny", _dedupe(reasons))
+            return Decision("deny", _dedupe(reasons)), real
         worst = max(s for s, _ in per_change)
         decision = next(d for d, s in SEVERITY.items() if s == worst)
-        return Decision(decision, _dedupe([r for s, r in per_change if s == worst]))
+        return Decision(decision, _dedupe([r for s, r in per_change if s == worst])), real
 
     def _rule_matches(self, ctxs: list[_Ctx]) -> list[list[tuple[Rule, _Trigger]]]:
         """For each change, the rules that match it, each with what fired."""
@@ -276,7 +291,7 @@ class Gate:
         if rule.require_globs is not None:
             pool = [f for ctx in ctxs for f in ctx.forms]
             if rule.requires_in == "session":
-                pool += list(self.session.touched)
+                pool += self.session.names()
             if any(rule.require_globs.matches(p) for p in pool):
                 return False
             req = ", ".join(rule.requires)
@@ -288,7 +303,7 @@ class Gate:
 
 
 def _in_scope(rule: Rule, ctx: _Ctx) -> bool:
-    if rule.ops and ctx.change.op not in rule.ops:
+    if rule.ops and not any(op in rule.ops for op in ctx.change.ops):
         return False
     forms = ctx.forms if rule.decision == "allow" else ctx.loose
     return rule.path_globs is None or any(rule.path_globs.matches(f) for f in forms)
@@ -366,5 +381,24 @@ def _dedupe(reasons: list[Reason]) -> list[Reason]:
     return list(dict.fromkeys(reasons))
 
 
-def _summary(changes: list[FileChange]) -> list[dict]:
-    return [{"op": c.op, "path": c.path, "new_path": c.new_path, "lines": c.lines_changed} for c in changes]
+def _summary(changes: list[FileChange], real: dict[str, str] | None = None) -> list[dict]:
+    """op / path / new_path / lines of each change, plus `real_path` / `real_new_path` where a path leads
+    through a symlink to another workspace file (`real` as `_evaluate` resolved it)."""
+    out = []
+    for c in changes:
+        entry = {"op": c.op, "path": c.path, "new_path": c.new_path, "lines": c.lines_changed}
+        for key, path in (("real_path", c.path), ("real_new_path", c.new_path)):
+            target = _real_of(path, real) if path is not None else None
+            if target is not None:
+                entry[key] = target
+        out.append(entry)
+    return out
+
+
+def _real_of(path: str, real: dict[str, str] | None) -> str | None:
+    if not real:
+        return None
+    try:
+        return real.get(normalize(path))
+    except PathError:
+        return None

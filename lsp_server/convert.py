@@ -142,6 +142,11 @@ def lsp_trigger(kind: types.InlineCompletionTriggerKind | None) -> str:
 
 
 def lsp_inline_items(result: Completion | None, position: types.Position) -> types.InlineCompletionList:
+    """One item inserting the completion at the cursor, with an explicit empty range there. LSP 3.18 gives an item
+    without a range no meaning, and VS Code then replaces the word at the cursor up to the line's end (its
+    `getDefaultRange`): mid-word it would not show the item, mid-line accepting it would delete the rest of the
+    line. (Neovim 0.12 draws an item with a range as an overlay over the text after the cursor: editors/nvim drops
+    the empty range on its side.)"""
     if result is None or not result.text:
         return types.InlineCompletionList(items=[])
     item = types.InlineCompletionItem(insert_text=result.text, range=types.Range(position, position))
@@ -249,7 +254,8 @@ def lsp_file_changes(edit: types.WorkspaceEdit, workspace, root: Path | None) ->
         return after
 
     changes: list = []
-    made: dict[str, int] = {}  # uri -> index in `changes` of its create or edit, while nothing else touched it
+    made: dict[str, int] = {}  # uri -> index in `changes` of its create, edit or rename (by the new uri), while
+    # nothing else touched it
 
     def edited(uri: str, edits) -> None:
         """Text edits of `uri`. Edits after its CreateFile or earlier edits in the same WorkspaceEdit apply to
@@ -262,7 +268,7 @@ def lsp_file_changes(edit: types.WorkspaceEdit, workspace, root: Path | None) ->
             changes.append(FileChange.build("edit", rel(uri), before, applied(uri, before, edits)))
             return
         c = changes[i]
-        changes[i] = FileChange.build(c.op, c.path, c.old_text, applied(uri, c.new_text, edits))
+        changes[i] = FileChange.build(c.op, c.path, c.old_text, applied(uri, c.new_text, edits), new_path=c.new_path)
 
     for uri, edits in (edit.changes or {}).items():
         edited(uri, edits)
@@ -279,6 +285,7 @@ def lsp_file_changes(edit: types.WorkspaceEdit, workspace, root: Path | None) ->
             changes.append(FileChange.build("delete", rel(op.uri), old_text(op.uri), None))
         elif isinstance(op, types.RenameFile):
             text = old_text(op.old_uri)
+            made[op.new_uri] = len(changes)  # text edits of the new name continue the rename, as after a create
             changes.append(FileChange.build("rename", rel(op.old_uri), text, text, new_path=rel(op.new_uri)))
     if not changes:
         raise JsonRpcInvalidParams("applyAgentEdit: the edit changes nothing")
