@@ -6,7 +6,8 @@ Disk layout: <disk_dir>/<id>.capsule in the format of `capsule.serde`. A file th
 load is logged, deleted and reported as a miss: it is never served. So is a file whose header fails (or does
 not name the file's id) when a store starts; `scan_dir`, `list_dir` and `verify_dir` inspect a directory
 without changing it. A capsule of another model's fingerprint is never returned by the searches and is
-refused by `get`.
+refused by `get`. The disk LRU is by last use across restarts too: a use moves the file's mtime (when it is
+over 10 minutes old), and a store starting on the directory orders the files by mtime.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from capsule.config import CapsuleConfig
 log = logging.getLogger(__name__)
 
 _STALE_TMP_S = 60.0  # a temporary file this old belongs to a writer that died
+_TOUCH_S = 600.0  # a used capsule's file mtime is moved to now when older than this (the LRU order across restarts)
 
 
 @dataclasses.dataclass
@@ -45,6 +47,7 @@ class _Entry:
     bytes: int  # in memory (spare tail included)
     disk_bytes: int = 0  # file size; 0: not on disk
     recipe: str = ""  # Capsule.recipe
+    mtime: float = 0.0  # the file's mtime as last seen or set (time.time()); 0: not on disk
 
     @classmethod
     def of(cls, c: Capsule) -> _Entry:
@@ -122,7 +125,7 @@ class CapsuleStore:
         if self.config.disk_dir is None:
             return False
         if c.id in self._disk:
-            self._disk.move_to_end(c.id)
+            self._used(c.id)
             return True
         try:
             # The directory may be gone (a cache cleanup while the server runs): made again, or every later
@@ -134,7 +137,7 @@ class CapsuleStore:
             return False
         self._disk[c.id] = size
         self._disk_bytes += size
-        self._index[c.id].disk_bytes = size
+        self._index[c.id].disk_bytes, self._index[c.id].mtime = size, time.time()
         self._evict_disk(keep=c.id)
         return True
 
@@ -155,8 +158,25 @@ class CapsuleStore:
         size = self._disk.pop(cid, 0)
         self._disk_bytes -= size
         if cid in self._index:
-            self._index[cid].disk_bytes = 0
+            self._index[cid].disk_bytes, self._index[cid].mtime = 0, 0.0
         self._path(cid).unlink(missing_ok=True)
+
+    def _used(self, cid: str) -> None:
+        """Mark `cid`'s file most recently used: last in this store's disk LRU, and by its mtime, which orders the
+        LRU a later store rebuilds in `_scan` (without it a restart deleted the oldest *written* file first, however
+        often its capsule was used); the mtime only when older than _TOUCH_S, so that a capsule in constant use
+        costs no metadata write per use. As `indexer.store_disk` does for KV entries."""
+        if cid not in self._disk:
+            return
+        self._disk.move_to_end(cid)
+        entry, now = self._index.get(cid), time.time()
+        if entry is None or now - entry.mtime < _TOUCH_S:
+            return
+        entry.mtime = now  # also when it fails: one try per _TOUCH_S, not one per use
+        try:
+            os.utime(self._path(cid))
+        except OSError:  # a read-only directory, a file another store deleted: the order is only lost across restarts
+            pass
 
     # -- memory ----------------------------------------------------------------------------------
 
@@ -175,11 +195,13 @@ class CapsuleStore:
         with self._lock:
             if capsule.id in self._mem:
                 self._mem.move_to_end(capsule.id)
+                self._used(capsule.id)
                 return
             entry = self._index.get(capsule.id)
             self._index[capsule.id] = _Entry.of(capsule)
             if entry is not None:
-                self._index[capsule.id].disk_bytes = entry.disk_bytes
+                self._index[capsule.id].disk_bytes, self._index[capsule.id].mtime = entry.disk_bytes, entry.mtime
+                self._used(capsule.id)
             self._mem[capsule.id] = capsule
             self._mem_bytes += capsule.bytes
             self._evict_memory()
@@ -200,6 +222,7 @@ class CapsuleStore:
             c = self._mem.get(cid)
             if c is not None:
                 self._mem.move_to_end(cid)
+                self._used(cid)  # its file too (when spilled before): a restart orders files by last use
                 return c
             if cid not in self._disk:
                 return None
@@ -220,7 +243,7 @@ class CapsuleStore:
                 return None
             if fingerprint is not None:
                 check_fingerprint(c, fingerprint)
-            self._disk.move_to_end(cid)
+            self._used(cid)
             self._mem[cid] = c
             self._mem_bytes += c.bytes
             self._evict_memory()
@@ -368,7 +391,7 @@ def scan_dir(directory: Path) -> tuple[list[_Entry], list[tuple[Path, str]]]:
             continue
         e = _Entry(
             head["id"], head["uri"], head["text_hash"], head["doc_version"], head["fingerprint"], head["parent"],
-            head["created"], np.asarray(tokens, np.int32), 0, st.st_size, head["recipe"],
+            head["created"], np.asarray(tokens, np.int32), 0, st.st_size, head["recipe"], st.st_mtime,
         )  # fmt: skip
         found.append((st.st_mtime, e))
     found.sort(key=lambda f: f[0])

@@ -22,7 +22,7 @@ class StoreConfig:
     fsync: bool = False  # rename is atomic against kill -9 without it; fsync only buys power-loss safety
     redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0
     redis_prefix: str = "kvblend:"  # every key is <prefix><fingerprint>@<token hash>
-    redis_ttl_s: int = 7 * 24 * 3600  # the server's maxmemory + allkeys-lru bounds its bytes; this its age
+    redis_ttl_s: int = 7 * 24 * 3600  # maxmemory + allkeys-lru on the server bound its bytes; this the time since a use
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tiers if t not in TIERS]

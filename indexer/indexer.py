@@ -81,7 +81,9 @@ class Indexer:
         mc = lm.config
         self.shape = (mc.n_layers, mc.n_kv_heads, mc.head_dim)
         dev, dtype = lm.model.device, lm.model.dtype
-        self.store = store or TieredStore.from_config(cfg.store, self.shape, dtype=dtype, device=dev)
+        if store is None:
+            store = TieredStore.from_config(cfg.store, self.shape, dtype=dtype, device=dev)
+        self.store = store
         prefix = tuple(lm.tokenizer.encode(f"{REPO_NAME}{cfg.repo_name}\n")) if cfg.shared_prefix else ()
         self.chunker = Chunker(lm.tokenizer, lm.fingerprint, cfg.max_chunk_tokens, cfg.min_chunk_tokens, prefix)
         self.engine = Precomputer(lm.model, prefix)

@@ -5,6 +5,9 @@ Contract of a tier (`KVStore`):
   (truncated, bit-flipped, another key or shape) is deleted and reported as a miss: it is never served.
 - `put(key, kv)` stores it (idempotent) and may evict other entries to stay within the tier's byte budget.
 - `contains(key)` is a cheap check (presence, size); a later `get` may still find the entry corrupt.
+- `len(store)` is the number of entries the tier holds (all fingerprints), as `nbytes()` is their bytes; not
+  cheap on every tier (Redis scans the server's keys): for stats and tests, not the completion path. A store
+  is true even when empty, so `store or default` keeps an empty store that was passed in.
 - Tiers are thread-safe; a tier that cannot reach its backend logs and behaves as a miss.
 """
 
@@ -40,6 +43,17 @@ class KVStore(abc.ABC):
     @abc.abstractmethod
     def nbytes(self) -> int:
         """Bytes this tier holds (-1 when the backend does not say)."""
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Entries this tier holds (0 when its backend cannot be reached)."""
+
+    def touch(self, key: ChunkKey) -> None:  # noqa: B027 - optional hook
+        """`key` was just served by a faster tier: count it as used here too (the disk tier's LRU order; the
+        others keep none worth a call per hit: Redis would cost a round trip)."""
+
+    def __bool__(self) -> bool:
+        return True  # without it an empty store is false (`__len__`), and `store or make_default()` drops it
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
@@ -114,6 +128,8 @@ class TieredStore(KVStore):
             out = self._out(kv)
             for upper in self.tiers[:i]:
                 upper.put(key, kv)
+            for lower in self.tiers[i + 1 :]:
+                lower.touch(key)
             return out
         self.misses += 1
         return None
@@ -144,6 +160,11 @@ class TieredStore(KVStore):
 
     def nbytes(self) -> int:
         return sum(max(t.nbytes(), 0) for t in self.tiers)
+
+    def __len__(self) -> int:
+        """Entries held in all tiers, counted in every tier that holds one (a chunk in memory and on disk counts
+        twice, as its bytes do in `nbytes`); one tier's: `len(store.tier(name))`."""
+        return sum(len(t) for t in self.tiers)
 
     def close(self) -> None:
         for t in self.tiers:

@@ -51,6 +51,7 @@ class DiskStore(KVStore):
         self.fsync = fsync
         self._lock = threading.Lock()
         self._sizes: collections.OrderedDict[str, int] = collections.OrderedDict()  # relpath -> bytes, LRU first
+        self._mtimes: dict[str, float] = {}  # relpath -> the file's mtime as last seen or set by this process
         self._bytes = 0
         self.dropped = 0  # corrupt entries deleted
         self._dirs: set[Path] = set()  # fan-out directories known to exist (one mkdir each, not one per put)
@@ -70,8 +71,9 @@ class DiskStore(KVStore):
                     found.append((st.st_mtime, os.path.relpath(path, self.dir), st.st_size))
                 elif name.endswith(".tmp") and now - st.st_mtime > _STALE_TMP_S:
                     _unlink(path)
-        for _, rel, size in sorted(found):
+        for mtime, rel, size in sorted(found):
             self._sizes[rel] = size
+            self._mtimes[rel] = mtime
             self._bytes += size
         self._evict()
 
@@ -133,11 +135,33 @@ class DiskStore(KVStore):
                 self._bytes += size - (known or 0)
                 self._sizes[rel] = size
             self._sizes.move_to_end(rel)
-        if time.time() - mtime < _TOUCH_S:
+            now = time.time()
+            self._mtimes[rel] = mtime if now - mtime < _TOUCH_S else now
+        if now - mtime < _TOUCH_S:
             return
         try:
             os.utime(fd)
         except OSError:  # a directory shared read-only: the order is only lost across restarts
+            pass
+
+    def touch(self, key: ChunkKey) -> None:
+        """The entry was just served by a tier above (memory): the same LRU move as a read here, so that a chunk
+        read from memory all day is not the first evicted after a restart (its mtime older than _TOUCH_S
+        is set to now, at most once per _TOUCH_S: a hot chunk costs no metadata write per use)."""
+        rel = key.relpath()
+        with self._lock:
+            if rel not in self._sizes:
+                return
+            self._sizes.move_to_end(rel)
+            now = time.time()
+            if now - self._mtimes.get(rel, 0.0) < _TOUCH_S:
+                return
+            self._mtimes[rel] = now
+        try:
+            os.utime(self.dir / rel)
+        except FileNotFoundError:
+            self._forget(rel)
+        except OSError:
             pass
 
     def put(self, key: ChunkKey, kv: ChunkKV) -> None:
@@ -166,6 +190,7 @@ class DiskStore(KVStore):
         with self._lock:
             self._bytes += size - self._sizes.pop(rel, 0)
             self._sizes[rel] = size
+            self._mtimes[rel] = time.time()
             self._evict()
 
     def _write(self, path: Path, key: ChunkKey, parts: list) -> None:
@@ -189,6 +214,7 @@ class DiskStore(KVStore):
     def _evict(self) -> None:
         while self._bytes > self.max_bytes and self._sizes:
             rel, size = self._sizes.popitem(last=False)
+            self._mtimes.pop(rel, None)
             self._bytes -= size
             _unlink(self.dir / rel)
 
@@ -213,11 +239,13 @@ class DiskStore(KVStore):
         rel = key.relpath()
         with self._lock:  # with the lock, so that a concurrent `get` sees the entry gone (see `_used`)
             self._bytes -= self._sizes.pop(rel, 0)
+            self._mtimes.pop(rel, None)
             _unlink(self.dir / rel)
 
     def _forget(self, rel: str) -> None:
         with self._lock:
             self._bytes -= self._sizes.pop(rel, 0)
+            self._mtimes.pop(rel, None)
 
     def nbytes(self) -> int:
         return self._bytes

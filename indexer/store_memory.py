@@ -60,4 +60,5 @@ class MemoryStore(KVStore):
         return self._bytes
 
     def __len__(self) -> int:
-        return len(self._items)
+        with self._lock:
+            return len(self._items)

@@ -1,7 +1,8 @@
 """The Redis tier: entries shared by a team or a fleet, keyed <prefix><fingerprint>@<token hash>.
 
 Values are the bytes of `indexer.serde` (verified on load like disk entries). The server's `maxmemory`
-with `allkeys-lru` bounds its bytes; entries also expire after `ttl_s`. A server that cannot be reached
+with `allkeys-lru` bounds its bytes; entries also expire `ttl_s` after their last read or write (a hit sets
+the TTL again in the same round trip), so a chunk the team reads every day stays. A server that cannot be reached
 is a miss, never an error of the completion path, and costs at most one short timeout per `down_s`: a
 connection error or a timeout opens a circuit breaker, the tier is skipped without touching the network for
 `down_s`, then one call tries again (logged once when the breaker opens, once when it closes). A key holding
@@ -11,6 +12,7 @@ something else (another type, bytes that fail verification) is dropped like a co
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from urllib.parse import parse_qs, unquote, urlparse
@@ -143,7 +145,7 @@ class RedisStore(KVStore):
         if not self._allow():
             return None
         try:
-            data = self.client.get(self._name(key))
+            data = self._read(self._name(key))
         except redis.ResponseError as e:
             if not str(e).startswith("WRONGTYPE"):
                 self._refused(e)
@@ -162,6 +164,21 @@ class RedisStore(KVStore):
         except serde.CorruptEntry as e:
             self._drop(key, e)
             return None
+
+    def _read(self, name: str) -> bytes | None:
+        """The value at `name`, its TTL set to `ttl_s` again (a read is a use): GET and EXPIRE pipelined, one
+        round trip. Not GETEX: Redis before 6.2 (Ubuntu 22.04 and Debian 11 ship 6.0) answers it "unknown
+        command", which would make every read a miss. Raises the GET's own error (WRONGTYPE, ...) as a plain
+        command would; EXPIRE succeeds wherever GET fails, on any key or none."""
+        if not self.ttl_s:
+            return self.client.get(name)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(name)
+        pipe.expire(name, self.ttl_s)
+        data, _ = pipe.execute(raise_on_error=False)  # errors come back as values, not annotated with "Command # 1"
+        if isinstance(data, Exception):
+            raise data
+        return data
 
     def put(self, key: ChunkKey, kv: ChunkKV) -> None:
         import redis
@@ -216,6 +233,25 @@ class RedisStore(KVStore):
 
     def nbytes(self) -> int:
         return -1  # the server's INFO memory covers every user of it, not just our keys
+
+    def __len__(self) -> int:
+        """Keys under our prefix, every fingerprint's (one SCAN of the server's keyspace: O(its keys), for stats
+        and tests); 0 while the server cannot be reached."""
+        import redis
+
+        if not self._allow():
+            return 0
+        match = re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "*"  # the prefix literally, then anything
+        try:
+            n = sum(1 for _ in self.client.scan_iter(match=match, count=1000))
+        except redis.ResponseError as e:
+            self._refused(e)
+            return 0
+        except redis.RedisError as e:
+            self._fail(e)
+            return 0
+        self._up()
+        return n
 
     def close(self) -> None:
         try:

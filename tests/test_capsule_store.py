@@ -1,12 +1,15 @@
 """CapsuleStore (budgets, spill, reload, searches, damaged files) and SessionTree (undo, redo, fork)."""
 
 import logging
+import os
+import time
 
 import pytest
 import torch
 
 from blend.kv_cache import KVCache
 from capsule import CapsuleConfig, CapsuleError, CapsuleStore, SessionTree, restore, serde, snapshot, text_hash
+from capsule import store as capsule_store
 from capsule.capsule import Capsule
 
 FP = "f" * 32
@@ -66,6 +69,66 @@ def test_disk_budget_deletes_least_recently_used_files(tmp_path):
         store.put(c)
     assert len(list(tmp_path.glob("*.capsule"))) == 2 and len(store) == 2
     assert store.get(caps[0].id) is None and _same(store.get(caps[3].id), caps[3])
+
+
+def _written_long_ago(tmp_path, caps) -> list:
+    """Spill `caps` to `tmp_path` with file mtimes long past, in this order; the files' paths."""
+    store = CapsuleStore(CapsuleConfig(memory_bytes=0, disk_dir=tmp_path))
+    paths = []
+    for i, c in enumerate(caps):
+        store.put(c)
+        paths.append(tmp_path / f"{c.id}.capsule")
+        os.utime(paths[-1], (1000 + i, 1000 + i))
+    return paths
+
+
+def _restarted(tmp_path, n_files: int, one_file: int) -> CapsuleStore:
+    return CapsuleStore(CapsuleConfig(memory_bytes=0, disk_dir=tmp_path, disk_bytes=n_files * one_file + one_file // 2))
+
+
+def test_disk_lru_by_last_use_survives_a_restart(tmp_path):
+    """A store starting on the directory ordered its files by write time: the capsule in use, written long ago,
+    was the first deleted (a read did not move its file's mtime)."""
+    caps = [make(list(range(i, i + 100))) for i in range(3)]
+    paths = _written_long_ago(tmp_path, caps)
+    one_file = paths[0].stat().st_size
+    store = CapsuleStore(CapsuleConfig(memory_bytes=0, disk_dir=tmp_path))  # a restart: order by mtime
+    assert _same(store.get(caps[0].id), caps[0])  # reloaded from its file: used now
+    again = _restarted(tmp_path, 2, one_file)  # the next restart, with room for two files
+    assert caps[0].id in again and caps[1].id not in again and caps[2].id in again
+    assert paths[0].exists() and not paths[1].exists() and _same(again.get(caps[0].id), caps[0])
+    assert paths[0].stat().st_mtime > time.time() - 60
+
+
+def test_capsule_used_from_memory_moves_its_file(tmp_path, monkeypatch):
+    """A capsule reloaded once and then used from memory all day kept the mtime of its first write."""
+    caps = [make(list(range(i, i + 100))) for i in range(3)]
+    paths = _written_long_ago(tmp_path, caps)
+    one_file = paths[0].stat().st_size
+    store = CapsuleStore(CapsuleConfig(disk_dir=tmp_path))  # room in memory: a reloaded capsule stays there
+    assert store.get(caps[0].id) is not None and store.stats()["in_memory"] == 1
+    os.utime(paths[0], (1000, 1000))
+    monkeypatch.setattr(capsule_store, "_TOUCH_S", 0.0, raising=False)  # as if 10 minutes had passed since that reload
+    assert store.get(caps[0].id) is not None and store.stats()["in_memory"] == 1  # served from memory...
+    assert paths[0].stat().st_mtime > time.time() - 60  # ...and its file moved
+    again = _restarted(tmp_path, 2, one_file)
+    assert caps[0].id in again and caps[1].id not in again and caps[2].id in again
+
+
+def test_use_of_a_recent_file_writes_no_metadata(tmp_path):
+    """The mtime moves only when older than 10 minutes: a capsule in constant use costs no write per use."""
+    caps = [make(list(range(i, i + 20))) for i in range(2)]
+    paths = _written_long_ago(tmp_path, caps)
+    recent = int(time.time()) - 60
+    for p in paths:
+        os.utime(p, (recent, recent))
+    store = CapsuleStore(CapsuleConfig(disk_dir=tmp_path))
+    for c in caps + caps:  # a reload from disk, then a use in memory
+        assert _same(store.get(c.id), c)
+    store.put(caps[0])
+    assert store.stats()["in_memory"] == 2 and all(store.spill(c.id) for c in caps)
+    assert store.get(caps[1].id) is not None
+    assert [p.stat().st_mtime for p in paths] == [recent, recent]
 
 
 def test_longest_prefix_and_preference():

@@ -7,7 +7,8 @@ import threading
 import pytest
 import torch
 
-from indexer import serde
+from blend.loader import load_model
+from indexer import Indexer, IndexerConfig, serde
 from indexer.keys import chunk_key
 from indexer.store import TieredStore, kv_nbytes
 from indexer.store_disk import DiskStore
@@ -37,12 +38,14 @@ def _odd_kv(seed=0):
     return _kv(20, seed=seed, vocab=200_000, positions=torch.tensor([3, *range(10, 29)]))
 
 
-@pytest.fixture(params=["memory", "disk", "redis"])
+@pytest.fixture(params=["memory", "disk", "redis", "tiered"])
 def tier(request, tmp_path):
     if request.param == "memory":
         yield MemoryStore(1 << 20)
     elif request.param == "disk":
         yield DiskStore(tmp_path, 1 << 30, shape=SHAPE)
+    elif request.param == "tiered":
+        yield TieredStore([MemoryStore(1 << 20), DiskStore(tmp_path, 1 << 30, shape=SHAPE)])
     else:
         store = RedisStore.from_url(request.getfixturevalue("redis_url"), prefix=f"c{os.getpid()}:", shape=SHAPE)
         yield store
@@ -51,8 +54,12 @@ def tier(request, tmp_path):
 
 
 def test_every_tier_keeps_the_contract(tier):
+    """`len` is the entries a tier holds (Redis and the tiered store had none; a tiered store counts an entry in
+    each of its tiers, as `nbytes` counts its bytes); an empty store is still true (`store or default`)."""
     kvs = [_odd_kv(seed=1), _kv(7, seed=2, dtype=torch.float16)]
     keys = [_key(kv) for kv in kvs]
+    copies = len(tier.tiers) if isinstance(tier, TieredStore) else 1
+    assert len(tier) == 0 and tier
     assert tier.get(keys[0]) is None and not tier.contains(keys[0])
     for key, kv in zip(keys, kvs, strict=True):
         tier.put(key, kv)
@@ -64,13 +71,22 @@ def test_every_tier_keeps_the_contract(tier):
         assert torch.equal(out.tokens, kv.tokens) and torch.equal(out.positions, kv.positions)
     other = chunk_key("cd" * 16, kvs[0].tokens.tolist())  # same tokens, another model: never served
     assert tier.get(other) is None and not tier.contains(other)
-    if tier.name != "redis":  # the server does not say how many of its bytes and keys are ours
-        assert len(tier) == 2 and tier.nbytes() > 0
+    assert len(tier) == 2 * copies
+    if tier.name != "redis":  # the server does not say how many of its bytes are ours
+        assert tier.nbytes() > 0
     tier.delete(keys[0])
     tier.delete(keys[0])  # deleting what is gone is a no-op
     assert tier.get(keys[0]) is None and not tier.contains(keys[0]) and tier.get(keys[1]) is not None
-    if tier.name != "redis":
-        assert len(tier) == 1
+    assert len(tier) == copies
+
+
+def test_indexer_uses_the_empty_store_it_is_given(tmp_path, hf_checkpoints):
+    """The indexer takes `store or TieredStore.from_config(...)`: an empty memory or disk store was false (its
+    `__len__`), so the one passed in was silently replaced by a memory + disk store under the workspace."""
+    lm = load_model(hf_checkpoints["llama-gqa"], device="cpu")
+    for store in (MemoryStore(1 << 20), DiskStore(tmp_path / "kv", 1 << 20), TieredStore([MemoryStore(1 << 20)])):
+        assert Indexer(IndexerConfig(tmp_path, cache_dir=tmp_path / "cache"), lm, store=store).store is store
+    assert not (tmp_path / "cache").exists()
 
 
 def test_memory_tier_holds_fp16_like_the_others(tmp_path):
@@ -140,6 +156,33 @@ def test_disk_lru_survives_a_restart(tmp_path):
     again.put(_key(kvs[3]), kvs[3])
     assert again.contains(_key(kvs[0])) and not again.contains(_key(kvs[1])) and again.contains(_key(kvs[2]))
     assert again.nbytes() == 3 * size and len(again) == 3
+
+
+def test_a_chunk_served_from_memory_stays_recent_on_disk(tmp_path, monkeypatch):
+    """A memory-tier hit counts as a use of the disk entry below it: a chunk read from memory all day kept its
+    old mtime and was the first evicted after a restart."""
+    import indexer.store_disk as store_disk
+
+    kvs = [_kv(32, seed=i) for i in range(4)]
+    DiskStore(tmp_path, 1 << 30)
+    for i, kv in enumerate(kvs[:3]):
+        DiskStore(tmp_path, 1 << 30).put(_key(kv), kv)
+        os.utime(tmp_path / _key(kv).relpath(), (1000 + i, 1000 + i))  # written long ago, in this order
+    disk = DiskStore(tmp_path, 1 << 30)
+    tiered = TieredStore([MemoryStore(1 << 30), disk])
+    assert _same(tiered.get(_key(kvs[0])), kvs[0])  # from disk (its mtime moved), now in memory
+    os.utime(tmp_path / _key(kvs[0]).relpath(), (1000, 1000))  # hours pass; only memory serves it
+    later, utime, calls = store_disk.time.time() + 3600, os.utime, []
+    monkeypatch.setattr(store_disk.time, "time", lambda: later)
+    monkeypatch.setattr(store_disk.os, "utime", lambda *a: calls.append(a) or utime(*a))
+    for _ in range(3):
+        assert _same(tiered.get(_key(kvs[0])), kvs[0])
+    assert tiered.hits["memory"] == 3 and len(calls) == 1  # a hot chunk costs no metadata write per use
+    monkeypatch.undo()
+    size = disk.size_of(_key(kvs[0]))
+    again = DiskStore(tmp_path, 3 * size)  # a restart
+    again.put(_key(kvs[3]), kvs[3])
+    assert again.contains(_key(kvs[0])) and not again.contains(_key(kvs[1])) and again.contains(_key(kvs[2]))
 
 
 def test_entry_deleted_while_read_is_served_but_not_counted(tmp_path, monkeypatch):

@@ -79,6 +79,49 @@ def test_unreachable_server_is_a_miss():
     kv = _kv(4)
     store.put(_key(kv), kv)
     assert store.get(_key(kv)) is None and not store.contains(_key(kv))
+    assert len(store) == 0 and store  # holds nothing it can serve; still a store
+
+
+def test_a_read_sets_the_ttl_again_in_one_round_trip(redis_url, monkeypatch):
+    """Entries expired `ttl_s` after they were written however often they were read: a chunk the team read every
+    day was recomputed every week."""
+    store = RedisStore.from_url(redis_url, prefix="ttl:", ttl_s=3600, shape=(3, 2, 16))
+    kv, absent = _kv(8), _key(_kv(8, seed=1))
+    key, name = _key(kv), "ttl:" + _key(kv).to_str()
+    store.put(key, kv)
+    assert 3590 <= store.client.ttl(name) <= 3600
+    store.client.expire(name, 5)  # written long ago: 5 s left
+    sends, conn = [], redis.connection.AbstractConnection
+    send = conn.send_packed_command
+    monkeypatch.setattr(conn, "send_packed_command", lambda c, *a, **k: sends.append(1) or send(c, *a, **k))
+    assert torch.equal(store.get(key).k, kv.k.half())
+    assert len(sends) == 1  # GET and EXPIRE in one write: one round trip, as a plain GET
+    monkeypatch.undo()
+    assert 3590 <= store.client.ttl(name) <= 3600  # the full TTL again
+    assert store.get(absent) is None and store.client.exists("ttl:" + absent.to_str()) == 0  # a miss makes nothing
+    forever = RedisStore.from_url(redis_url, prefix="ttl:", ttl_s=0, shape=(3, 2, 16))
+    store.client.persist(name)
+    assert torch.equal(forever.get(key).v, kv.v.half()) and store.client.ttl(name) == -1  # ttl_s=0 adds none
+    store.client.rpush("ttl:" + absent.to_str(), b"x")
+    assert store.get(absent) is None and store.dropped == 1  # WRONGTYPE still reads as a foreign key, not an outage
+    assert store.client.exists("ttl:" + absent.to_str()) == 0 and store.skipped == 0
+    store.close()
+    forever.close()
+
+
+def test_len_counts_the_keys_under_its_prefix_only(redis_url):
+    """The prefix is matched literally: as a pattern, "n?[xy]*:" would match the other store's keys, not its own."""
+    a = RedisStore.from_url(redis_url, prefix="n?[xy]*:")
+    b = RedisStore.from_url(redis_url, prefix="nnx:")
+    kvs = [_kv(4, seed=i) for i in range(3)]
+    a.put(_key(kvs[0]), kvs[0])
+    for kv in kvs[1:]:
+        b.put(_key(kv), kv)
+    assert len(a) == 1 and len(b) == 2
+    a.delete(_key(kvs[0]))
+    assert len(a) == 0 and len(b) == 2
+    a.close()
+    b.close()
 
 
 def test_two_workspaces_share_chunks_through_redis(redis_url, hf_checkpoints, tmp_path):

@@ -48,9 +48,11 @@ def _messages(caplog, text):
     return [r.getMessage() for r in caplog.records if text in r.getMessage()]
 
 
-def test_silent_server_costs_one_timeout_then_no_network(blackhole, caplog):
+# ttl_s > 0 (the indexer's default, 7 days) reads through a pipeline (GET + EXPIRE); 0 through a plain GET
+@pytest.mark.parametrize("ttl_s", [0, 7 * 24 * 3600])
+def test_silent_server_costs_one_timeout_then_no_network(blackhole, caplog, ttl_s):
     port, accepted = blackhole
-    store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0")
+    store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0", ttl_s=ttl_s)
     kv = _kv(4)
     key = _key(kv)
     calls = [lambda: store.get(key), lambda: store.contains(key), lambda: store.put(key, kv), lambda: store.delete(key)]
@@ -68,13 +70,14 @@ def test_silent_server_costs_one_timeout_then_no_network(blackhole, caplog):
     store.close()
 
 
-def test_stalled_server_is_skipped_probed_and_back(redis_url, caplog):  # noqa: F811
-    store = RedisStore.from_url(redis_url, prefix="stall:", down_s=0.3)
+@pytest.mark.parametrize("ttl_s", [0, 7 * 24 * 3600])
+def test_stalled_server_is_skipped_probed_and_back(redis_url, caplog, ttl_s):  # noqa: F811
+    store = RedisStore.from_url(redis_url, prefix=f"stall{ttl_s}:", down_s=0.3, ttl_s=ttl_s)
     admin = redis.Redis.from_url(redis_url)
     kv = _kv(4)
     key, other = _key(kv), _key(_kv(4, seed=1))
     store.put(key, kv)
-    store.client.rpush("stall:" + other.to_str(), b"x")
+    store.client.rpush(store.prefix + other.to_str(), b"x")
     pause_s = 1.5
     with caplog.at_level(logging.WARNING, logger="indexer.store_redis"):
         assert store.get(other) is None and store.dropped == 1  # a wrong-type key is no outage...
