@@ -197,16 +197,24 @@ def _generate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from lsp_server.backend import ServerOptions
     from lsp_server.server import build_server
+    from lsp_server.transport import ListenError
 
+    if args.tcp is not None and not 0 < args.tcp < 65536:
+        print(f"kvblend: --tcp {args.tcp}: a port is 1 to 65535", file=sys.stderr)
+        return 2
     if args.log_file is not None:  # stdout is the protocol channel: logs go to stderr or a file
         logging.getLogger().handlers[:] = [logging.FileHandler(args.log_file)]
     opts = ServerOptions(args.model, args.device, args.redis_url, args.cache_dir, index=not args.no_index,
                          engine=args.engine)  # fmt: skip
     server = build_server(opts)
-    if args.tcp is not None:
+    if args.tcp is None:
+        server.start_io()  # SystemExit(1) when the client went without `shutdown`, as start_tcp
+        return 0
+    try:
         server.start_tcp("127.0.0.1", args.tcp)
-    else:
-        server.start_io()
+    except ListenError as e:  # the port is taken or not ours: one line
+        print(f"kvblend: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -31,15 +31,28 @@ class KvblendServer(LanguageServer):
             protocol_cls=KvblendProtocol,
         )  # fmt: skip
         self.backend = Backend(self, options or ServerOptions())
-        self.exit_code = 0  # 1 once `exit` came without `shutdown` before it (the specification's exit code)
+
+    @property
+    def exit_code(self) -> int:
+        """The process's exit code once the client is gone: 0 after `shutdown`, else 1: an `exit` without
+        `shutdown` before it (the specification's code), or a client gone without either (its pipe or connection
+        closed or broken: what vscode-languageserver's servers do too)."""
+        return 0 if self.protocol._shutdown else 1
 
     def start_io(self, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
         transport.start_io(self, stdin, stdout)  # kvblend's reader loop in place of pygls' (transport.py)
-        if self.exit_code:  # pygls' sys.exit(1) on `exit` is swallowed by the loop's shutdown
-            raise SystemExit(self.exit_code)
+        self._end()
 
     def start_tcp(self, host: str, port: int) -> None:
+        """One client over TCP; raises transport.ListenError when host:port cannot be listened on."""
         transport.start_tcp(self, host, port)
+        self._end()
+
+    def _end(self) -> None:
+        """Exit with `exit_code` (pygls' sys.exit on `exit` ends the transport's loop and stops there)."""
+        if self.exit_code:
+            log.warning("the session ended without a shutdown request: exit code %d", self.exit_code)
+            raise SystemExit(self.exit_code)
 
 
 def build_server(options: ServerOptions | None = None) -> KvblendServer:
@@ -57,10 +70,6 @@ def build_server(options: ServerOptions | None = None) -> KvblendServer:
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: KvblendServer, params: None) -> None:
         ls.backend.shutdown()
-
-    @server.feature(types.EXIT)
-    def on_exit(ls: KvblendServer, params: None) -> None:
-        ls.exit_code = 0 if ls.protocol._shutdown else 1
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: KvblendServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:

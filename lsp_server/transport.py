@@ -17,7 +17,8 @@ for forever; a body that is not JSON is shown to the user as a server error and 
 
 `serve` answers a body that is not UTF-8 JSON with a Parse error (-32700, id null), one that is JSON but no
 JSON-RPC message with Invalid Request (-32600), logs both and keeps serving. `start_io` / `start_tcp` are
-pygls' server start-up around this loop.
+pygls' server start-up around this loop; both return when the client is gone (`exit`, or the end of its stream),
+and the server decides the exit code.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -255,22 +257,50 @@ def start_io(server: JsonRPCServer, stdin: BinaryIO | None = None, stdout: Binar
         server.shutdown()
 
 
+class ListenError(OSError):
+    """`start_tcp` cannot listen on its address: the port is taken, not permitted, or no address of this machine."""
+
+
 def start_tcp(server: JsonRPCServer, host: str, port: int) -> None:
-    """Serve one client at a time over TCP (for debugging): each connection runs the same loop as stdio."""
+    """Serve one client over TCP (for debugging) with the loop stdio runs. The server ends with that client (its
+    `exit`, or the connection closed or broken), as a stdio server ends with its pipe; once it connected the port
+    is closed, so a second client is refused. Raises ListenError when host:port cannot be listened on."""
     server._stop_event = stop_event = threading.Event()
 
-    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        server.protocol.set_writer(writer)
-        await serve(stop_event, FrameReader(reader), server.protocol, server.report_server_error)
-        server.shutdown()
+    async def main() -> None:
+        ended, taken = asyncio.Event(), False
 
-    async def listen() -> None:
-        server._server = await asyncio.start_server(connection, host, port)  # pygls' `shutdown` closes it
-        log.info("serving on %s", ", ".join(str(s.getsockname()) for s in server._server.sockets))
-        async with server._server:
-            await server._server.serve_forever()
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal taken
+            if taken:  # accepted in the same turn as the first client, before the port was closed
+                log.warning("a second client connected: refused (one client per server)")
+                writer.close()
+                return
+            taken = True
+            listener.close()
+            server.protocol.set_writer(writer)
+            try:
+                await serve(stop_event, FrameReader(reader), server.protocol, server.report_server_error)
+            except OSError as e:  # the client reset the connection
+                log.warning("the client connection broke: %s", e)
+            except SystemExit:  # pygls' `exit` handler ends the loop so; the exit code is the server's to decide
+                pass
+            finally:
+                writer.close()
+                ended.set()
+
+        try:
+            listener = await asyncio.start_server(connection, host, port)
+        except OSError as e:
+            why = os.strerror(e.errno).lower() if e.errno and e.errno > 0 else str(e)
+            raise ListenError(f"cannot listen on {host}:{port}: {why}") from None
+        server._server = listener  # pygls' `shutdown` closes it
+        log.info("serving on %s", ", ".join(str(s.getsockname()) for s in listener.sockets))
+        await ended.wait()
 
     try:
-        asyncio.run(listen())
-    except asyncio.CancelledError:
-        log.debug("TCP server cancelled")
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
