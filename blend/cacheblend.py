@@ -27,6 +27,7 @@ import time
 import torch
 
 from blend.config import ModelConfig
+from blend.inputs import check_chunk, check_kv_layout, check_tokens
 from blend.kv_cache import KVCache
 from blend.model import Transformer
 from triton_kernels import kv_deviation, kv_scatter, rope_rerotate
@@ -47,12 +48,23 @@ class BlendConfig:
     chunk_start_tokens: int = 0  # first tokens of every chunk always recomputed (attention sinks)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "check_layers", tuple(self.check_layers))  # a list would be unhashable
+        object.__setattr__(self, "later_ratios", tuple(self.later_ratios))
         if not 0.0 <= self.recompute_ratio <= 1.0:
             raise ValueError(f"recompute_ratio must be in [0, 1], got {self.recompute_ratio}")
-        if not self.check_layers or list(self.check_layers) != sorted(set(self.check_layers)):
-            raise ValueError(f"check_layers must be increasing and non-empty, got {self.check_layers}")
-        if len(self.later_ratios) != len(self.check_layers) - 1:
+        layers = self.check_layers
+        if not layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
+            raise ValueError(f"check_layers must be layer indices (integers >= 0), got {layers}")
+        if list(layers) != sorted(set(layers)):
+            raise ValueError(f"check_layers must be increasing and non-empty, got {layers}")
+        if len(self.later_ratios) != len(layers) - 1:
             raise ValueError("later_ratios needs one ratio per check layer after the first")
+        ratios = (self.recompute_ratio, *self.later_ratios)
+        if not all(0.0 <= r <= 1.0 for r in ratios) or any(b > a for a, b in zip(ratios, ratios[1:], strict=False)):
+            raise ValueError(f"later_ratios must be in [0, 1] and must not grow from recompute_ratio, got {ratios}")
+        n = self.chunk_start_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"chunk_start_tokens must be an integer >= 0, got {n!r}")
 
 
 @dataclasses.dataclass
@@ -92,6 +104,11 @@ def precompute_chunk(
 ) -> ChunkKV:
     """Prefill `tokens: [n]` on its own (optionally behind a shared `prefix`) and keep only its own KV, in
     `dtype` (default: the model's; the store's fp16 is taken in the same single copy out of the cache)."""
+    check_tokens(model.cfg, tokens, "chunk tokens")
+    if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int) or offset < 0):
+        raise ValueError(f"offset must be a position (an integer >= 0), got {offset!r}")
+    if prefix is not None:
+        check_kv_layout(model.cfg, prefix.k, prefix.v, "the prefix cache")
     cache = prefix.clone() if prefix is not None else model.new_cache(tokens.shape[0], zeroed=False)  # all written
     start = cache.n
     offset = cache.next_position if offset is None else offset
@@ -139,8 +156,11 @@ def blend(
     cfg: BlendConfig = BlendConfig(),
     extra_capacity: int = 64,
 ) -> BlendResult:
-    """Build the KV of `chunks` + `prompt: [P]` at positions 0..N+P-1 and return the prompt's last logits."""
+    """Build the KV of `chunks` + `prompt: [P]` (P >= 1) at positions 0..N+P-1 and return the prompt's last logits."""
     t0 = time.perf_counter()
+    _check_inputs(model, chunks, prompt)
+    if prompt.shape[0] == 0:  # the logits returned are the last prompt token's, and only the prompt is always kept
+        raise ValueError("blend needs a prompt of at least one token")
     reason = can_blend(model.cfg)
     if reason is not None:
         _warn_once(reason)
@@ -151,7 +171,7 @@ def blend(
     bounds = _chunk_bounds(chunks)
     n_ctx, n_prompt = bounds[-1], prompt.shape[0]
     total = n_ctx + n_prompt
-    tokens = torch.cat([c.tokens.to(dev) for c in chunks] + [prompt.to(dev)])  # [total]
+    tokens = _tokens(model, chunks, prompt)  # [total]
     positions = torch.arange(total, device=dev)
     cache = model.new_cache(total + extra_capacity, zeroed=False)  # every layer writes every slot of `total`
     cache.set_positions(cache.reserve(total), positions)
@@ -203,6 +223,8 @@ def blend(
 def naive(model: Transformer, chunks: list[ChunkKV], prompt: torch.Tensor, extra_capacity: int = 64) -> BlendResult:
     """Baseline: reuse every chunk's KV with keys moved to their new positions; prefill only the prompt."""
     t0 = time.perf_counter()
+    _check_inputs(model, chunks, prompt)
+    check_tokens(model.cfg, prompt, "the prompt")
     bounds = _chunk_bounds(chunks)
     n_ctx = bounds[-1]
     cache = model.new_cache(n_ctx + prompt.shape[0] + extra_capacity)
@@ -218,6 +240,9 @@ def naive(model: Transformer, chunks: list[ChunkKV], prompt: torch.Tensor, extra
 def prefix_reuse(model: Transformer, chunks: list[ChunkKV], prompt: torch.Tensor, extra_capacity: int = 64):
     """Baseline: exact prefix caching. The first chunk's KV is reused as is (it must have been computed at
     positions 0..n-1 with nothing before it); everything after it is prefilled."""
+    if not chunks:
+        raise ValueError("prefix reuse needs at least one chunk (the prefix)")
+    _check_inputs(model, chunks, prompt, kv=False)  # the first chunk's KV is checked by prefix_then
     rest = torch.cat([c.tokens.to(model.device) for c in chunks[1:]] + [prompt.to(model.device)])
     return prefix_then(model, chunks[0], rest, extra_capacity)
 
@@ -227,6 +252,8 @@ def prefix_then(model: Transformer, first: ChunkKV, rest: torch.Tensor, extra_ca
     """`first`'s KV reused as the exact prefix, then `rest: [R]` token ids prefilled after it (only the first
     chunk's KV is needed: the others are recomputed from their tokens)."""
     t0 = time.perf_counter()
+    check_chunk(model.cfg, first, "the prefix chunk")
+    check_tokens(model.cfg, rest, "tokens after the prefix")
     if not torch.equal(first.positions.cpu(), torch.arange(len(first))):
         raise ValueError("prefix reuse needs the first chunk precomputed at positions 0..n-1")
     rest = rest.to(model.device)
@@ -241,10 +268,28 @@ def prefix_then(model: Transformer, first: ChunkKV, rest: torch.Tensor, extra_ca
 def full_prefill(model: Transformer, chunks: list[ChunkKV], prompt: torch.Tensor, extra_capacity: int = 64):
     """Baseline: prefill the identical token sequence from scratch."""
     t0 = time.perf_counter()
-    tokens = torch.cat([c.tokens.to(model.device) for c in chunks] + [prompt.to(model.device)])
+    _check_inputs(model, chunks, prompt, kv=False)
+    tokens = _tokens(model, chunks, prompt)
     cache = model.new_cache(tokens.shape[0] + extra_capacity, zeroed=False)  # the prefill writes every slot
     logits = model.prefill(tokens, cache)
     return BlendResult(logits, cache, torch.arange(tokens.shape[0]), {"total_s": time.perf_counter() - t0})
+
+
+def _check_inputs(model: Transformer, chunks: list[ChunkKV], prompt: torch.Tensor, kv: bool = True) -> None:
+    """Refuse chunks whose KV (`kv`) or tokens do not fit the model, and a prompt that is not 1-D token ids, with
+    a ValueError naming them. Shapes only: the ids' values are checked once on what is embedded (`_tokens`)."""
+    for j, c in enumerate(chunks):
+        if kv:
+            check_chunk(model.cfg, c, f"chunk {j}")
+        check_tokens(model.cfg, c.tokens, f"chunk {j}'s tokens", values=False)
+    check_tokens(model.cfg, prompt, "the prompt", values=False)
+
+
+def _tokens(model: Transformer, chunks: list[ChunkKV], prompt: torch.Tensor) -> torch.Tensor:
+    """The chunks' tokens then the prompt's on the model's device, ids checked against the vocabulary: [total]."""
+    tokens = torch.cat([c.tokens.to(model.device) for c in chunks] + [prompt.to(model.device)])
+    check_tokens(model.cfg, tokens, "the context (chunks + prompt)")
+    return tokens
 
 
 _warned: set[str] = set()

@@ -99,8 +99,12 @@ class ModelConfig:
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> ModelConfig:
         """Translate a Hugging Face config dictionary, refusing what the engine cannot run exactly."""
-        archs = hf.get("architectures") or []
-        arch = archs[0] if archs else _ARCH_BY_MODEL_TYPE.get(hf.get("model_type", ""), "")
+        archs, model_type = hf.get("architectures") or [], hf.get("model_type") or ""
+        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+            raise ConfigError(f"config.json: architectures must be a list of class names, got {archs!r:.80}")
+        if not isinstance(model_type, str):
+            raise ConfigError(f"config.json: model_type must be a string, got {model_type!r:.80}")
+        arch = archs[0] if archs else _ARCH_BY_MODEL_TYPE.get(model_type, "")
         if arch not in SUPPORTED_ARCHITECTURES:
             raise ConfigError(
                 f"unsupported architecture {arch or hf.get('model_type')!r}: "
@@ -136,9 +140,9 @@ class ModelConfig:
         if arch == "Qwen2ForCausalLM":
             fields["qkv_bias"] = True
         else:
-            fields["qkv_bias"] = fields["o_bias"] = bool(hf.get("attention_bias", False))
-        fields["mlp_bias"] = bool(hf.get("mlp_bias", False))
-        fields["tie_embeddings"] = bool(hf.get("tie_word_embeddings", False))
+            fields["qkv_bias"] = fields["o_bias"] = _bool_field(hf, "attention_bias")
+        fields["mlp_bias"] = _bool_field(hf, "mlp_bias")
+        fields["tie_embeddings"] = _bool_field(hf, "tie_word_embeddings")
         fields["sliding_windows"] = _sliding_windows_from_hf(hf, arch, n_layers)
         fields["bos_token_id"] = _token_id("bos_token_id", hf.get("bos_token_id"))
         eos = hf.get("eos_token_id")
@@ -153,6 +157,8 @@ class ModelConfig:
             hf = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"missing config.json: {path}") from None
+        except OSError as e:  # a directory, no permission
+            raise ConfigError(f"cannot read config.json: {path}: {e.strerror or e}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config.json is not valid JSON: {path}: {e}") from None
         if not isinstance(hf, dict):
@@ -200,6 +206,17 @@ def _float_field(hf: dict[str, Any], key: str, default: Any = _REQUIRED, where: 
     return float(value)
 
 
+def _bool_field(hf: dict[str, Any], key: str) -> bool:
+    """hf[key] as a bool (false when absent or null). A string such as "false" is refused: it is truthy, and a
+    misread flag (tied embeddings, biases) would load wrong weights silently."""
+    value = hf.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool) and value not in (0, 1):
+        raise ConfigError(f"config.json: {key} must be true or false, got {value!r}")
+    return bool(value)
+
+
 def _token_id(key: str, value: Any) -> int | None:
     if value is None:
         return None
@@ -210,7 +227,8 @@ def _token_id(key: str, value: Any) -> int | None:
 
 def _rope_from_hf(hf: dict[str, Any], max_pos: int) -> RopeConfig:
     # transformers 5 writes `rope_parameters` (theta inside); older checkpoints `rope_theta` + `rope_scaling`.
-    key = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
+    # Where both are given, `rope_scaling` wins, as in transformers (a scaling added to a transformers 5 config).
+    key = "rope_parameters" if hf.get("rope_parameters") and not hf.get("rope_scaling") else "rope_scaling"
     params = hf.get(key) or {}
     if not isinstance(params, dict):
         raise ConfigError(f"config.json: {key} must be an object or null, got {params!r}")
@@ -241,7 +259,7 @@ def _rope_from_hf(hf: dict[str, Any], max_pos: int) -> RopeConfig:
 
 
 def _sliding_windows_from_hf(hf: dict[str, Any], arch: str, n_layers: int) -> tuple[int | None, ...]:
-    uses_window = arch == "MistralForCausalLM" or (arch == "Qwen2ForCausalLM" and hf.get("use_sliding_window"))
+    uses_window = arch == "MistralForCausalLM" or (arch == "Qwen2ForCausalLM" and _bool_field(hf, "use_sliding_window"))
     if not uses_window or hf.get("sliding_window") is None:
         return (None,) * n_layers  # null: full attention (Mistral v0.2+); Llama ignores the field
     window = hf["sliding_window"]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 
+from blend.inputs import check_kv_layout, check_tokens
 from blend.kv_cache import KVCache
 from blend.model import Transformer
 from blend.sampling import Sampler
@@ -36,12 +37,16 @@ def generate(
     prompt and every generated token but the last one when this returns.
     """
     sampler = sampler or Sampler()
-    cache = cache if cache is not None else model.new_cache(len(prompt) + max_tokens)
     out: list[int] = []
     if max_tokens <= 0:
         return Generation(out, "max_tokens")
+    ids = torch.tensor(prompt) if len(prompt) else torch.zeros(0, dtype=torch.long)  # [P], on the CPU: checked there
+    check_tokens(model.cfg, ids, "the prompt")
+    if cache is not None:
+        check_kv_layout(model.cfg, cache.k, cache.v, "the cache")
+    cache = cache if cache is not None else model.new_cache(len(prompt) + max_tokens)
     t0 = time.perf_counter()
-    logits = model.prefill(torch.tensor(prompt, device=model.device), cache)
+    logits = model.prefill(ids.to(model.device), cache)
     t1 = time.perf_counter()
     reason = "max_tokens"
     while True:
