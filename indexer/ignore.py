@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -68,14 +69,14 @@ class IgnoreRules:
         self.root = root
         self._builtin = parse_rules(list(builtin))
         self._per_dir: dict[str, list[Rule]] = {}
-        extra = root / KVBLEND_IGNORE
-        self._kvblend = parse_rules(_read_lines(extra), source=str(extra)) if extra.is_file() else []
+        extra = root / KVBLEND_IGNORE  # os.path.isfile below: False where Path.is_file raises (unsearchable dirs)
+        self._kvblend = parse_rules(_read_lines(extra), source=str(extra)) if os.path.isfile(extra) else []
 
     def _dir_rules(self, rel_dir: str) -> list[Rule]:
         rules = self._per_dir.get(rel_dir)
         if rules is None:
             path = self.root / rel_dir / ".gitignore"
-            rules = parse_rules(_read_lines(path), rel_dir, str(path)) if path.is_file() else []
+            rules = parse_rules(_read_lines(path), rel_dir, str(path)) if os.path.isfile(path) else []
             self._per_dir[rel_dir] = rules
         return rules
 

@@ -6,17 +6,24 @@ leaves a stray `*.tmp` (cleaned up later) and never a half-written entry; an ent
 (truncated, bit-flipped: the checksum covers every byte after it) is deleted on load and reported as a miss.
 Entries of 256 KiB or more are memory-mapped (k, v are views of the map); smaller ones are read, which is
 faster at that size (measured: README).
+
+A directory that cannot be made or written (read-only, a file in its place, a full disk) is not an error of the
+caller: a failed write is logged once per outage (`write_error` says why until a write succeeds again) and the
+entry is simply not kept here. Directories are made again only while `anchor` exists: a store must not bring
+back a workspace deleted or renamed under a running server.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import mmap
 import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from blend.cacheblend import ChunkKV
@@ -55,7 +62,18 @@ class DiskStore(KVStore):
         self._bytes = 0
         self.dropped = 0  # corrupt entries deleted
         self._dirs: set[Path] = set()  # fan-out directories known to exist (one mkdir each, not one per put)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.write_error: str | None = None  # why writes fail now (None: they work); logged once per outage
+        self.failed_writes = 0  # entries that could not be written
+        self._read_error: str | None = None  # the last read failure logged
+        self.on_write_error: Callable[[str], None] | None = None  # told once per outage (the server's message)
+        # Missing directories are made only below this one, and only while it exists (the workspace, when the
+        # indexer owns the store; else the nearest directory above the store's: a cache directory removed by a
+        # cleanup is made again, its parent gone is not).
+        self.anchor = next((p for p in self.dir.parents if os.path.isdir(p)), self.dir.parent)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a read-only workspace, a file in the directory's place: served from other tiers
+            self._write_failed(e)
         self._scan()
 
     def _scan(self) -> None:
@@ -93,16 +111,18 @@ class DiskStore(KVStore):
                 os.close(fd)
         except _Changed:
             return None
-        except FileNotFoundError:
-            self._forget(rel)  # deleted by another process sharing the directory: stop counting its bytes
+        except (FileNotFoundError, NotADirectoryError):  # deleted by another process sharing the directory (or
+            self._forget(rel)  # a file put where it was): stop counting its bytes
             return None
         except serde.CorruptEntry as e:
             log.warning("dropping corrupt disk entry %s: %s", key.to_str(), e)
             self.dropped += 1
             self.delete(key)
             return None
-        except OSError as e:
-            log.warning("cannot read disk entry %s: %s", key.to_str(), e.strerror)
+        except OSError as e:  # once per reason: an unreadable directory fails every read of every request
+            if e.strerror != self._read_error:
+                self._read_error = e.strerror
+                log.warning("cannot read disk entry %s: %s (not repeated for other entries)", key.to_str(), e.strerror)
             return None
         return kv
 
@@ -185,8 +205,10 @@ class DiskStore(KVStore):
                 self._dirs.discard(path.parent)
                 self._write(path, key, parts)
         except OSError as e:
-            log.warning("cannot write disk entry %s: %s", key.to_str(), e.strerror)
+            self._write_failed(e)
             return
+        if self.write_error is not None:
+            self._write_ok()
         with self._lock:
             self._bytes += size - self._sizes.pop(rel, 0)
             self._sizes[rel] = size
@@ -196,6 +218,8 @@ class DiskStore(KVStore):
     def _write(self, path: Path, key: ChunkKey, parts: list) -> None:
         """Write the entry to a temporary file beside `path`, then rename it over `path` (atomic)."""
         if path.parent not in self._dirs:
+            if not os.path.isdir(self.anchor):  # the workspace was deleted or renamed: do not make it appear again
+                raise FileNotFoundError(errno.ENOENT, "the directory holding the cache is gone", str(self.anchor))
             path.parent.mkdir(parents=True, exist_ok=True)
             self._dirs.add(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{key.token_hash}.", suffix=".tmp", dir=path.parent)
@@ -211,6 +235,26 @@ class DiskStore(KVStore):
             _unlink(tmp)
             raise
 
+    def _write_failed(self, e: OSError) -> None:
+        """Count a failed write; the first of an outage (or a new reason) is logged and reported, not every one:
+        a full disk failed every chunk of an index run, one warning each."""
+        reason = e.strerror or str(e)
+        with self._lock:
+            self.failed_writes += 1
+            new, self.write_error = self.write_error != reason, reason
+        if new:
+            where = f": {e.filename}" if e.filename else ""
+            msg = f"disk cache {self.dir} cannot be written ({reason}{where}): chunks are not kept on disk until it can"
+            log.warning("%s", msg)
+            if self.on_write_error is not None:
+                self.on_write_error(msg)
+
+    def _write_ok(self) -> None:
+        with self._lock:
+            was, self.write_error = self.write_error, None
+        if was is not None:
+            log.warning("disk cache %s can be written again", self.dir)
+
     def _evict(self) -> None:
         while self._bytes > self.max_bytes and self._sizes:
             rel, size = self._sizes.popitem(last=False)
@@ -224,11 +268,13 @@ class DiskStore(KVStore):
             with open(self._path(key), "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 ok = serde.declared_size(f.read(4096)) == size
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # gone, or a file where the cache directory was
             self._forget(key.relpath())
             return False
-        except (OSError, serde.CorruptEntry):
+        except serde.CorruptEntry:
             ok = False
+        except OSError:  # unreadable now (permissions, I/O): a miss, not damage to delete
+            return False
         if not ok:
             log.warning("dropping truncated disk entry %s", key.to_str())
             self.dropped += 1

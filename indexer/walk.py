@@ -148,26 +148,32 @@ def walk_workspace(cfg: IndexerConfig, rules: IgnoreRules | None = None, under: 
             log.warning("cannot list %s: %s", rel_dir or ".", e.strerror)
             skipped["unreadable"] += 1
             continue
-        subdirs = []
+        subdirs, warned = [], False
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            if (bad := _bad_name(entry.name)) is not None:
-                skipped[bad] += 1  # a directory counts once, like an ignored one
-            elif entry.is_symlink():
-                skipped[_link_reason(cfg.root, Path(entry.path))] += 1
-            elif entry.is_dir(follow_symlinks=False):
-                if rules.matches(rel, True):
+            try:
+                if (bad := _bad_name(entry.name)) is not None:
+                    skipped[bad] += 1  # a directory counts once, like an ignored one
+                elif entry.is_symlink():
+                    skipped[_link_reason(cfg.root, Path(entry.path))] += 1
+                elif entry.is_dir(follow_symlinks=False):
+                    if rules.matches(rel, True):
+                        skipped["ignored"] += 1
+                    else:
+                        subdirs.append(rel)
+                elif rules.matches(rel, False):
                     skipped["ignored"] += 1
                 else:
-                    subdirs.append(rel)
-            elif rules.matches(rel, False):
-                skipped["ignored"] += 1
-            else:
-                got = _read_checked(cfg, rel)
-                if isinstance(got, str):
-                    skipped[got] += 1
-                else:
-                    files.append(got)
+                    got = _read_checked(cfg, rel)
+                    if isinstance(got, str):
+                        skipped[got] += 1
+                    else:
+                        files.append(got)
+            except OSError as e:  # a directory that can be listed but not searched (mode r--): its names are known,
+                skipped["unreadable"] += 1  # nothing about them (the ignore file's check raised and ended the walk)
+                if not warned:
+                    warned = True
+                    log.warning("cannot read in %s: %s", rel_dir or ".", e.strerror)
         stack.extend(reversed(subdirs))
     files.sort(key=lambda f: f.path)
     return WalkResult(files, skipped)

@@ -342,7 +342,10 @@ def _index(args: argparse.Namespace) -> int:
     lm = load_model(args.model, device=args.device)
     bar = _ProgressBar() if sys.stderr.isatty() else None
     idx = Indexer(cfg, lm, progress=bar)
+    disk = idx.store.tier("disk")
     try:
+        if disk.write_error is not None:  # nothing computed would be kept: say so before the work, not after
+            raise ValueError(f"cannot write the disk cache {disk.dir}: {disk.write_error} (see --cache-dir)")
         stats = idx.index()
     finally:
         idx.close()
@@ -351,7 +354,13 @@ def _index(args: argparse.Namespace) -> int:
     out = stats.to_dict()
     keys = ("files", "chunks", "tokens", "bytes", "seconds", "tokens_per_s", "skipped", "computed", "reused",
             "engine_seconds", "workers")  # fmt: skip
-    return _print({k: out[k] for k in keys}, args.json)
+    rc = _print({k: out[k] for k in keys}, args.json)
+    if disk.failed_writes:  # a full disk mid-run: the index ran, but what it computed is not all kept
+        why = f" ({disk.write_error})" if disk.write_error else ""
+        print(f"kvblend: error: {disk.failed_writes} chunks could not be written to the disk cache {disk.dir}{why}; "
+              "the next run computes them again", file=sys.stderr)  # fmt: skip
+        return 1
+    return rc
 
 
 class _ProgressBar:

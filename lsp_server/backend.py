@@ -191,7 +191,9 @@ class Backend(StatusReporting, CapsulesAndEdits):
         tiers = ("memory", "disk", "redis") if self.options.redis_url else ("memory", "disk")
         store = StoreConfig(tiers=tiers, redis_url=self.options.redis_url)
         cfg = IndexerConfig(self.root, cache_dir=self.options.cache_dir, store=store)
-        return Indexer(cfg, lm, progress=self._on_progress)
+        indexer = Indexer(cfg, lm, progress=self._on_progress)
+        self._watch_disk(indexer.store.tier("disk"))
+        return indexer
 
     def _make_capsules(self):
         from capsule import CapsuleConfig, CapsuleStore

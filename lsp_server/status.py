@@ -70,6 +70,20 @@ class StatusReporting:
             self._progress_active = False
             self.server.work_done_progress.end(self._progress_token, types.WorkDoneProgressEnd(message=message))
 
+    def _watch_disk(self, disk) -> None:
+        """Tell the user when the disk tier cannot be written (read-only workspace, a file in the cache directory's
+        place, a full disk): once per outage, from whichever thread found it; the index and completions go on
+        from memory."""
+        if disk is None:
+            return
+
+        def trouble(message: str) -> None:
+            self._post(self.show, types.MessageType.Warning, f"kvblend: {message}; the index is kept in memory")
+
+        disk.on_write_error = trouble
+        if disk.write_error is not None:  # found while the store was made, before it could tell anyone
+            trouble(f"disk cache {disk.dir} cannot be written ({disk.write_error})")
+
     def send_status(self, status: methods.StatusParams) -> None:
         self.status = status
         self.server.protocol.notify(methods.STATUS, status.to_json())

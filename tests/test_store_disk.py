@@ -128,6 +128,21 @@ def test_put_recreates_a_directory_removed_under_it(tmp_path):
     assert got is not None and torch.equal(got.positions, b.positions)
 
 
+def test_a_cache_directory_removed_whole_is_made_again(tmp_path):
+    """A cleanup (`rm -rf` of the cache directory) under a running store: the next put makes it again (its
+    parent still exists; a store only refuses to bring back a directory above its own)."""
+    import shutil
+
+    (tmp_path / "cache").mkdir()  # left by an earlier run, as usual
+    store = DiskStore(tmp_path / "cache", 1 << 30, shape=SHAPE)
+    a = _kv(30, seed=1)
+    store.put(_key(a), a)
+    shutil.rmtree(tmp_path / "cache")
+    store.delete(_key(a))
+    store.put(_key(a), a)
+    assert store.write_error is None and store.get(_key(a)) is not None
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_check_is_the_unsigned_wrapping_sum(threads):
     # words near 2**64 so the sum overflows many times; enough of them that torch splits the reduction
