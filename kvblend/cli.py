@@ -182,7 +182,7 @@ def _generate(args: argparse.Namespace) -> int:
     if not ids:
         raise ValueError(f"prompt file {args.prompt_file} is empty")
     window = lm.config.max_position_embeddings
-    if len(ids) + args.max_tokens > window:
+    if len(ids) + args.max_tokens - 1 > window:  # the last generated token is never fed back: no position
         raise ValueError(
             f"prompt of {len(ids)} tokens + --max-tokens {args.max_tokens} exceeds the model's context window "
             f"of {window} tokens (max_position_embeddings)"

@@ -46,6 +46,24 @@ def test_generate_errors_are_clear(hf_checkpoints, tmp_path):
         assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
 
 
+def test_generate_fits_a_prompt_that_ends_at_the_window(hf_checkpoints, tmp_path):
+    """The last generated token is never fed back: a prompt of P tokens leaves room for window - P + 1 new ones
+    (the check asked for one position more than generation uses)."""
+    import json
+
+    from blend.tokenizer import Tokenizer
+
+    ckpt = hf_checkpoints["qwen2"]
+    window = json.loads((ckpt / "config.json").read_text())["max_position_embeddings"]
+    (tmp_path / "p.txt").write_text("def f(x):\n    return x + 1\n")
+    n = len(Tokenizer.from_dir(ckpt).encode((tmp_path / "p.txt").read_text()))
+    args = ("generate", "--model", str(ckpt), "--prompt-file", str(tmp_path / "p.txt"), "--max-tokens")
+    r = _run(*args, str(window - n + 1))
+    assert r.returncode == 0, r.stderr
+    r = _run(*args, str(window - n + 2))
+    assert r.returncode == 1 and "exceeds the model's context window" in r.stderr
+
+
 def test_eval_needs_a_dataset_and_an_out_dir():
     r = _run("eval")
     assert r.returncode == 2 and "--dataset" in r.stderr and "--out" in r.stderr
