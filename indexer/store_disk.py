@@ -124,6 +124,7 @@ class DiskStore(KVStore):
                 self._read_error = e.strerror
                 log.warning("cannot read disk entry %s: %s (not repeated for other entries)", key.to_str(), e.strerror)
             return None
+        self._read_error = None  # reads work again: the next failure is news
         return kv
 
     def _read(self, fd: int, size: int):

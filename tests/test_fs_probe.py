@@ -240,3 +240,32 @@ def test_the_server_indexes_in_memory_and_tells_the_user_once(ws, lm, tmp_path, 
     assert all("kept in memory" in m for m in shown)
     assert all(idx.store.contains(c.key) for c in idx.chunks())
     idx.close()
+
+
+def test_a_read_failure_is_logged_once_per_outage(tmp_path, monkeypatch, caplog):
+    """Unreadable entries are misses logged once per reason, not once per read; after reads work again the next
+    failure is logged again (it was remembered for the life of the store)."""
+    import indexer.store_disk as store_disk
+    from indexer.store_disk import DiskStore
+
+    store = DiskStore(tmp_path, 1 << 30)
+    kv = _kv(16)
+    store.put(_key(kv), kv)
+    real_open = os.open
+
+    def denied(path, *args, **kw):
+        if os.fspath(path).endswith(".kv"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_open(path, *args, **kw)
+
+    def failing_reads(n: int) -> int:
+        caplog.clear()
+        with monkeypatch.context() as m:
+            m.setattr(store_disk.os, "open", denied)
+            assert all(store.get(_key(kv)) is None for _ in range(n))
+        return sum("cannot read disk entry" in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.WARNING, logger="indexer.store_disk"):
+        assert failing_reads(3) == 1
+        assert store.get(_key(kv)) is not None and store.contains(_key(kv))  # not deleted; reads work again
+        assert failing_reads(2) == 1
