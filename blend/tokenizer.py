@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -47,6 +48,20 @@ class Tokenizer:
         """`encode` of each text, in one call (the Rust side spreads the texts over its threads)."""
         batch = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)  # no offsets (tokenizers >= 0.21)
         return [e.ids for e in batch(texts, add_special_tokens=False)]
+
+    @functools.cached_property
+    def max_token_bytes(self) -> int | None:
+        """An upper bound on the text bytes one token stands for, where every byte of a text is in some token
+        (byte-level BPE with no normalizer: the code models'), else None. A text of more characters than
+        n x this cannot tokenize into n tokens or fewer, so a chunker need not tokenize it to know."""
+        spec = json.loads(self._tok.to_str())
+        pre = spec.get("pre_tokenizer") or {}
+        parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+        if spec.get("normalizer") is not None or not any(q.get("type") == "ByteLevel" for q in parts):
+            return None
+        # The model's tokens are spelt in the byte-level alphabet, one character per byte; added tokens as text.
+        added = [len(t.content.encode("utf-8")) for t in self._tok.get_added_tokens_decoder().values()]
+        return max([len(t) for t in self._tok.get_vocab(with_added_tokens=False)] + added, default=None)
 
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special)

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import math
 import re
 
 import numpy as np
@@ -114,7 +115,7 @@ class Chunker:
         budget = self.max_tokens - len(self.tok.encode(header(path)))
         if budget < 8:
             raise ValueError(f"path {path!r} leaves no room in a {self.max_tokens}-token chunk")
-        counts = self._line_counts(lines)
+        counts = self._line_counts(lines, budget)
         spans = self._merge_small(counts, spans, budget)
         pieces = [p for a, b in spans for p in self._split(lines, counts, a, b, budget)]
         merged: list[tuple[int, int]] = []
@@ -126,22 +127,38 @@ class Chunker:
             s, e = merged.pop()
             merged[-1] = (merged[-1][0], e)
         bodies = ["".join(lines[s:e]) for s, e in merged]
-        ids = self.tok.encode_batch([header(path) + body for body in bodies])  # every chunk, tokenized on its own
+        texts = [header(path) + body for body in bodies]
+        may_fit = [len(t) <= self._max_chars(self.max_tokens) for t in texts]
+        ids = iter(self.tok.encode_batch([t for t, f in zip(texts, may_fit, strict=True) if f]))  # each on its own
         chunks = []
-        for (s, e), body, tokens in zip(merged, bodies, ids, strict=True):
-            if len(tokens) <= self.max_tokens:
+        for (s, e), body, f in zip(merged, bodies, may_fit, strict=True):
+            tokens = next(ids) if f else None
+            if tokens is not None and len(tokens) <= self.max_tokens:
                 chunks.append(self._chunk(path, kind, body, s + 1, e, tuple(tokens)))
             else:
-                chunks += self._fit(path, kind, body, s + 1, e)
+                chunks += self._fit(path, kind, body, s + 1, e, tokens)
         return chunks
+
+    def _max_chars(self, n_tokens: int) -> float:
+        """Characters beyond which a text holds more than `n_tokens` tokens for sure (inf when the tokenizer gives
+        no bound): a minified 400 KB line used to be tokenized whole at every halving of `_fit`."""
+        bound = self.tok.max_token_bytes
+        return math.inf if bound is None else n_tokens * bound
 
     # -- packing -------------------------------------------------------------------------------
 
-    def _line_counts(self, lines: list[str]) -> np.ndarray:
+    def _line_counts(self, lines: list[str], budget: int) -> np.ndarray:
         """Tokens of each line, every line tokenized on its own, all in one batch. Sums over lines are the packing
         estimates (BPE is nearly additive at line breaks; `_fit` catches the rare excess), and an edit changes
-        the counts of the lines it touches only."""
-        return np.array([len(ids) for ids in self.tok.encode_batch(lines)], dtype=np.int64)
+        the counts of the lines it touches only. A line longer than `_max_chars(budget)` counts budget + 1 without
+        being tokenized: any count over the budget packs it the same way (alone, then split by `_fit`)."""
+        limit = self._max_chars(budget)
+        if max(map(len, lines), default=0) <= limit:
+            return np.array([len(ids) for ids in self.tok.encode_batch(lines)], dtype=np.int64)
+        short = [i for i, line in enumerate(lines) if len(line) <= limit]
+        counts = np.full(len(lines), budget + 1, dtype=np.int64)
+        counts[short] = [len(ids) for ids in self.tok.encode_batch([lines[i] for i in short])]
+        return counts
 
     def _merge_small(self, counts: np.ndarray, spans: list[tuple[int, int]], budget: int) -> list[tuple[int, int]]:
         """Join units under min_tokens to the next one (as long as the join fits the budget)."""
@@ -185,12 +202,17 @@ class Chunker:
         out.append((start, b))
         return out
 
-    def _fit(self, path: str, kind: str, body: str, start_line: int, end_line: int) -> list[Chunk]:
+    def _fit(
+        self, path: str, kind: str, body: str, start_line: int, end_line: int, tokens: list[int] | None = None
+    ) -> list[Chunk]:
         """One chunk, or several when the rendered text still exceeds the limit (BPE is not additive over
-        lines, and a single line can be longer than the budget): halve by lines, then by characters."""
-        chunk = self.make(path, kind, body, start_line, end_line)
-        if chunk.n_tokens <= self.max_tokens:
-            return [chunk]
+        lines, and a single line can be longer than the budget): halve by lines, then by characters. `tokens`:
+        the rendered text's ids when known already; a text too long to fit is halved without tokenizing it."""
+        text = header(path) + body
+        if tokens is None and len(text) <= self._max_chars(self.max_tokens):
+            tokens = self.tok.encode(text)
+        if tokens is not None and len(tokens) <= self.max_tokens:
+            return [self._chunk(path, kind, body, start_line, end_line, tuple(tokens))]
         lines = body.splitlines(keepends=True)
         if len(lines) > 1:
             mid = len(lines) // 2

@@ -104,3 +104,39 @@ def test_secret_detection():
     assert find_secret("t = 'ghp_" + "a" * 36 + "'") == "github_token"
     assert find_secret("def parse_key(text):\n    return text.split('-----')\n") is None
     assert redact_lines("ok\ntoken ghp_" + "b" * 40 + "\nfine\n") == "ok\nfine\n"
+
+
+def test_a_minified_line_is_split_without_tokenizing_what_cannot_fit(tok, monkeypatch):
+    """A 40 KB single line (a minified bundle) was tokenized whole at every halving of `_fit` (400 KB: 4.9 s).
+    Text longer than max_tokens x the longest token's bytes cannot fit and is halved untokenized: the same
+    chunks, far fewer characters through the tokenizer."""
+    import random
+    import string
+
+    import blend.tokenizer
+
+    assert tok.max_token_bytes is not None
+    for text in ("x" * 5000, " " * 5000, "\n" * 3000, "é" * 2000, "def f(a, b):\n    return a + b\n" * 50):
+        assert len(tok.encode(text)) * tok.max_token_bytes >= len(text)  # the bound holds
+    rng = random.Random(0)
+    words = ["".join(rng.choices(string.ascii_letters, k=rng.randint(2, 9))) for _ in range(500)]
+    line = ",".join(f"{rng.choice(words)}({rng.randint(0, 999)})" for _ in range(4000))
+    text = f"var x = [{line}];\nfunction f() {{\n  return 1;\n}}\n"
+    seen = []
+    for name in ("encode", "encode_batch"):
+        real = getattr(blend.tokenizer.Tokenizer, name)
+
+        def counting(self, texts, _real=real):
+            seen.append(len(texts) if isinstance(texts, str) else sum(map(len, texts)))
+            return _real(self, texts)
+
+        monkeypatch.setattr(blend.tokenizer.Tokenizer, name, counting)
+    fast = _chunker(tok, max_tokens=64).chunk_file("dist/app.min.js", text)
+    fast_chars, seen[:] = sum(seen), []
+    monkeypatch.setitem(tok.__dict__, "max_token_bytes", None)  # no bound: every piece tokenized
+    slow = _chunker(tok, max_tokens=64).chunk_file("dist/app.min.js", text)
+    assert [(c.text, c.tokens, c.start_line, c.end_line) for c in fast] == [
+        (c.text, c.tokens, c.start_line, c.end_line) for c in slow
+    ]
+    assert len(fast) > 100 and all(c.n_tokens <= 64 for c in fast)
+    assert fast_chars < sum(seen) / 2
