@@ -14,6 +14,7 @@ and picks the same chunks in the same order (the tests compare the two).
 from __future__ import annotations
 
 import ast
+import collections
 import dataclasses
 import math
 import operator
@@ -316,18 +317,28 @@ class _Picker:
         self.cfg, self.budget, self.used = cfg, budget, 0
         self.picked: list[tuple[float, Chunk]] = []
         self.seen_bodies: set[str] = set()
-        self.shingles: list[set] = []
+        self.sizes: list[int] = []  # shingles of each pick
+        self.holders: dict[tuple[int, ...], list[int]] = {}  # shingle -> the picks holding it
 
     def offer(self, s: float, ch: Chunk) -> None:
         if s <= 0 or self.used + ch.n_tokens > self.budget or ch.text_hash in self.seen_bodies:
             return
         sh = _shingles(ch.tokens)
-        if any(len(sh & o) / max(len(sh | o), 1) >= self.cfg.dup_jaccard for o in self.shingles):
+        if self.near_duplicate(sh):
             return
+        for x in sh:
+            self.holders.setdefault(x, []).append(len(self.sizes))
+        self.sizes.append(len(sh))
         self.picked.append((s, ch))
         self.seen_bodies.add(ch.text_hash)
-        self.shingles.append(sh)
         self.used += ch.n_tokens
+
+    def near_duplicate(self, sh: set[tuple[int, ...]]) -> bool:
+        """Whether shingles `sh` overlap a pick's by Jaccard >= dup_jaccard. The shingles shared with each pick are
+        counted through `holders`, not by intersecting `sh` with every pick (a 24k-token budget of a 32k-window
+        model picks ~100 chunks: ~5,000 set intersections per request)."""
+        shared = collections.Counter(k for x in sh for k in self.holders.get(x, ()))
+        return any(n / (len(sh) + self.sizes[k] - n) >= self.cfg.dup_jaccard for k, n in shared.items())
 
     def result(self) -> list[Chunk]:
         """The picked chunks, least relevant first."""

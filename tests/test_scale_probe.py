@@ -108,3 +108,28 @@ def test_a_request_reads_few_chunks_of_a_large_workspace(tok):
         _CountedChunk.reads = 0
         picked = r.select(chunks, req, 3072)
         assert picked and _CountedChunk.reads < len(chunks) / 10, (_CountedChunk.reads, len(chunks))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_near_duplicates_are_found_as_by_intersecting_with_every_pick(seed):
+    """The picker counts shared shingles through an index of the picks; the decision must be the pairwise
+    rule's (Jaccard of the 5-gram sets >= dup_jaccard), ties at the threshold included."""
+    from indexer.retrieval import _Picker, _shingles
+
+    rng = random.Random(seed)
+    cfg = RetrievalConfig(dup_jaccard=0.8)
+    base = [rng.randrange(50) for _ in range(200)]
+    picker, kept = _Picker(cfg, budget=1 << 30), []
+    for i in range(300):
+        tokens = list(base) if i % 3 else [rng.randrange(50) for _ in range(rng.randint(0, 120))]
+        for _ in range(rng.choice([0, 1, 5, 20, 60])):  # from exact copies to unrelated text
+            tokens[rng.randrange(len(tokens))] = rng.randrange(50) if tokens else 0
+        sh = _shingles(tokens)
+        expected = any(len(sh & o) / max(len(sh | o), 1) >= cfg.dup_jaccard for o in kept)
+        assert picker.near_duplicate(sh) == expected, i
+        ch = Chunk(f"f{i}.py", "code", 1, 1, "x", tuple(tokens), None, f"{i:032x}")
+        picker.offer(1.0, ch)
+        if not expected:
+            kept.append(sh)
+    assert len(picker.picked) == len(kept) > 5
+    assert picker.near_duplicate(set()) is False  # no shingles share nothing (the pairwise rule: 0 / 1)
