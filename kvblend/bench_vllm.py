@@ -41,6 +41,13 @@ class VllmBenchConfig:
     with_torch: bool = True  # also time our own engine
 
     def __post_init__(self) -> None:
+        if not self.contexts:
+            raise ValueError("at least one context length is needed")
+        for name in ("chunk_tokens", "prompt_tokens", "repeats", "check_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.ratio <= 1.0:
+            raise ValueError(f"ratio must be in [0, 1], got {self.ratio}")
         if self.tokens not in ("corpus", "random"):
             raise ValueError(f"unknown token source {self.tokens!r} (expected corpus or random)")
         if any(c <= self.prompt_tokens + self.chunk_tokens for c in self.contexts):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -30,12 +31,12 @@ from kvblend.kv_handoff import KVHandoff  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "auto": "auto"}
+_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
 class VllmOptions:
-    dtype: str = "float32"  # must match the blend's dtype so the handed-over KV is what vLLM would compute
+    dtype: str = "auto"  # auto: the blend's (lm's) dtype; another than lm's is refused (KV vLLM would not compute)
     max_model_len: int | None = None  # None: the checkpoint's max_position_embeddings
     gpu_memory_utilization: float = 0.3  # GPUs: leave room for our torch copy of the weights and other tenants
     cpu_kv_cache_gib: int = 2  # CPU backend: VLLM_CPU_KVCACHE_SPACE, unless already set
@@ -48,12 +49,23 @@ class VllmOptions:
             raise ValueError(f"unknown dtype {self.dtype!r} (expected one of {', '.join(_DTYPES)})")
 
 
+def _vllm_dtype(opts: VllmOptions, lm) -> str:
+    """vLLM's dtype: the one our blend computes the handed-over KV in."""
+    ours = str(lm.model.dtype).removeprefix("torch.")
+    if opts.dtype not in ("auto", ours):
+        raise ValueError(f"vLLM dtype {opts.dtype} differs from the model's {ours}: the blended KV would not be "
+                         f"what vLLM computes (load the model in {opts.dtype}, or pass dtype={ours!r})")  # fmt: skip
+    return ours
+
+
 class VllmEngine(Engine):
     name = "vllm"
 
     def __init__(self, lm, options: VllmOptions | None = None, **kwargs) -> None:
         super().__init__(lm)
         self.options = opts = options or VllmOptions(**kwargs)
+        dtype = _vllm_dtype(opts, lm)  # before vLLM starts: a refusal costs nothing
+        self._lock = threading.Lock()  # vLLM's LLM serves one `generate` at a time
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(opts.cpu_kv_cache_gib))
         if opts.handoff_dir is None:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the connector must see our memory (read lazily)
@@ -64,13 +76,14 @@ class VllmEngine(Engine):
             kv_connector_module_path="kvblend.vllm_connector",
             kv_role="kv_both",
             kv_connector_extra_config={"kvblend_dir": opts.handoff_dir},
+            kv_load_failure_policy="recompute",  # a hand-off that vanished is a miss; vLLM's default fails the request
         )
         max_len = opts.max_model_len or lm.config.max_position_embeddings
         extra = {"block_size": opts.block_size} if opts.block_size else {}
         t = time.perf_counter()
         self.llm = LLM(
             model=str(Path(lm.path)),
-            dtype=_DTYPES[opts.dtype],
+            dtype=dtype,
             enforce_eager=True,
             max_model_len=max_len,
             max_num_batched_tokens=opts.max_num_batched_tokens or max_len,
@@ -105,7 +118,8 @@ class VllmEngine(Engine):
         )
         t1 = time.perf_counter()
         try:
-            out = self.llm.generate([TokensPrompt(prompt_token_ids=tokens)], params, use_tqdm=False)[0]
+            with self._lock:  # two threads in LLM.generate step one engine and take each other's outputs
+                out = self.llm.generate([TokensPrompt(prompt_token_ids=tokens)], params, use_tqdm=False)[0]
         finally:
             if key is not None:
                 self.handoff.drop(key)

@@ -17,8 +17,11 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
+import secrets
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,10 +34,13 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class HandoffKey:
-    """Names the KV of a token prefix: its length and a digest of its token ids."""
+    """Names the KV of a token prefix: its length, a digest of its token ids, and the tag of the `put` that
+    stored it (so two requests for the same prompt, or two engines sharing a directory, never read or drop
+    each other's KV)."""
 
     n_tokens: int
     digest: str  # blake2b-128 hex of the token ids as little-endian int64
+    tag: str = ""  # random hex per `put`; "" in keys made by `of`
 
     @classmethod
     def of(cls, tokens: Sequence[int]) -> HandoffKey:
@@ -45,20 +51,25 @@ class HandoffKey:
         return len(tokens) >= self.n_tokens and token_digest(tokens[: self.n_tokens]) == self.digest
 
     def to_str(self) -> str:
-        return f"{self.n_tokens}-{self.digest}"
+        return f"{self.n_tokens}-{self.digest}" + (f"-{self.tag}" if self.tag else "")
 
     @classmethod
     def from_str(cls, s: str) -> HandoffKey:
-        n, sep, digest = str(s).partition("-")
-        if not sep or not n.isdigit() or len(digest) != 32 or any(c not in "0123456789abcdef" for c in digest):
+        m = _KEY.fullmatch(str(s))
+        if m is None:
             raise ValueError(f"not a kvblend hand-off key: {s!r}")
-        return cls(int(n), digest)
+        return cls(int(m.group(1)), m.group(2), m.group(3) or "")
+
+
+_KEY = re.compile(r"(\d+)-([0-9a-f]{32})(?:-([0-9a-f]{1,32}))?")  # n_tokens-digest[-tag]
 
 
 def token_digest(tokens: Sequence[int]) -> str:
     data = torch.as_tensor(list(tokens), dtype=torch.int64).numpy().tobytes()
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
+
+STALE_S = 600.0  # a hand-off lives for one request; a file this old was left by an engine that died
 
 # Process-wide memory tier: the scheduler and worker connectors of an in-process vLLM see the engine's puts.
 _MEMORY: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -75,10 +86,31 @@ def handoff_stats() -> dict[str, int]:
 class KVHandoff:
     """Blended KV by key. k, v: [n_layers, n_kv_heads, n_tokens, head_dim], keys post-RoPE at positions 0..n-1."""
 
-    def __init__(self, directory: str | Path | None = None) -> None:
+    def __init__(self, directory: str | Path | None = None, stale_s: float = STALE_S) -> None:
         self.directory = Path(directory) if directory else None
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
+            self.sweep(stale_s)
+
+    def sweep(self, stale_s: float = STALE_S) -> int:
+        """Delete hand-off files (and temporary files) older than `stale_s` seconds: those of an engine that died
+        between `put` and `drop`. Other files in the directory are left alone. Returns how many went."""
+        if self.directory is None:
+            return 0
+        removed, cutoff = 0, time.time() - stale_s
+        for p in self.directory.iterdir():
+            name = p.name
+            ours = name.endswith(".safetensors") and _KEY.fullmatch(name.removesuffix(".safetensors"))
+            ours = ours or (name.startswith(".") and name.endswith(".tmp") and _KEY.match(name[1:]))
+            try:
+                if ours and p.is_file() and p.stat().st_mtime < cutoff:
+                    p.unlink()
+                    removed += 1
+            except OSError:  # dropped meanwhile, or not ours to delete
+                continue
+        if removed:
+            log.info("removed %d stale hand-off files from %s", removed, self.directory)
+        return removed
 
     def _path(self, key: HandoffKey) -> Path:
         assert self.directory is not None
@@ -88,7 +120,7 @@ class KVHandoff:
         """Keep the KV of `tokens` (k, v: [n_layers, n_kv_heads, len(tokens), head_dim]); returns its key."""
         if k.shape != v.shape or k.dim() != 4 or k.shape[2] != len(tokens):
             raise ValueError(f"k, v must be [n_layers, n_kv_heads, {len(tokens)}, head_dim], got {k.shape}, {v.shape}")
-        key = HandoffKey.of(tokens)
+        key = dataclasses.replace(HandoffKey.of(tokens), tag=secrets.token_hex(8))
         with _LOCK:
             _STATS["puts"] += 1
         if self.directory is not None:
@@ -124,12 +156,18 @@ class KVHandoff:
     def _load(self, key: HandoffKey) -> tuple[torch.Tensor, torch.Tensor] | None:
         try:
             t = load_file(self._path(key))
-            return t["k"], t["v"]
+            k, v = t["k"], t["v"]
         except FileNotFoundError:  # dropped by its engine after `has` said yes
             return None
         except (SafetensorError, KeyError, OSError) as e:  # damaged, not ours, unreadable
             log.warning("cannot load hand-off %s: %s", key.to_str(), e)
             return None
+        # k, v: [n_layers, n_kv_heads, key.n_tokens, head_dim]; anything else was not written by `put` for this key
+        if k.dim() != 4 or k.shape != v.shape or k.shape[2] != key.n_tokens:
+            log.warning("hand-off %s holds k %s, v %s: not the KV of %d tokens, ignored",
+                        key.to_str(), tuple(k.shape), tuple(v.shape), key.n_tokens)  # fmt: skip
+            return None
+        return k, v
 
     def has(self, key: HandoffKey) -> bool:
         with _LOCK:

@@ -12,8 +12,10 @@ Scheduler side: when the prompt begins with the key's tokens and the KV is there
 last one, for its logits), cut down to whole blocks. Worker side: before the forward, write those tokens' K/V
 into the blocks vLLM allocated, through the attention backend's own cache-update op (so the paged layout of
 any backend, CPU or GPU, is the backend's business). vLLM stores keys post-RoPE, like our engine, so the
-blended keys go in as they are. A request whose KV went missing reports its blocks as failed loads, and vLLM
-recomputes them. Nothing is ever saved from vLLM's side: save hooks are no-ops.
+blended keys go in as they are. A request whose KV went missing, or does not have this model's shape (another
+layer count, KV head count or head size: another model's hand-off), reports its blocks as failed loads, and vLLM
+recomputes them (the engine sets kv_load_failure_policy="recompute"; vLLM's default fails the request). Nothing
+is ever saved from vLLM's side: save hooks are no-ops.
 """
 
 from __future__ import annotations
@@ -82,8 +84,13 @@ class KvblendConnector(KVConnectorBase_V1):
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
         self._block_size = vllm_config.cache_config.block_size
         self._dtype = vllm_config.model_config.dtype
+        mc = vllm_config.model_config
+        # the hand-off's k, v: [n_layers, n_kv_heads, n_tokens, head_dim], all of this model's layers and KV heads
+        self._kv_shape = (mc.get_num_layers(vllm_config.parallel_config), mc.get_total_num_kv_heads(),
+                          mc.get_head_size())  # fmt: skip
         self._handoff = KVHandoff(self._kv_transfer_config.get_from_extra_config("kvblend_dir", None))
         self._pending: dict[str, _Load] = {}  # scheduler: loads waiting for their step
+        self._matched: dict[str, HandoffKey] = {}  # scheduler: the key each request was granted tokens for
         self._failed_blocks: set[int] = set()  # worker: blocks whose KV could not be loaded
         self.loaded_tokens = 0  # worker: tokens written so far (tests, stats)
 
@@ -110,14 +117,16 @@ class KvblendConnector(KVConnectorBase_V1):
     def get_num_new_matched_tokens(self, request: Request, num_computed_tokens: int) -> tuple[int | None, bool]:
         key = self._key_of(request)
         if key is None:
+            self._matched.pop(request.request_id, None)
             return 0, False
+        self._matched[request.request_id] = key  # `update_state_after_alloc` must not look again: it may be gone
         n = usable_tokens(key.n_tokens, len(request.prompt_token_ids or []), self._block_size)
         return max(0, n - num_computed_tokens), False
 
     def update_state_after_alloc(self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int) -> None:
         if num_external_tokens <= 0:
             return
-        key = self._key_of(request)
+        key = self._matched.pop(request.request_id, None)
         assert key is not None, "external tokens were granted to a request without a hand-off key"
         end = usable_tokens(key.n_tokens, len(request.prompt_token_ids or []), self._block_size)
         self._pending[request.request_id] = _Load(request.request_id, key.to_str(), end - num_external_tokens, end, [])
@@ -139,6 +148,7 @@ class KvblendConnector(KVConnectorBase_V1):
 
     def request_finished(self, request: Request, block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         self._pending.pop(request.request_id, None)
+        self._matched.pop(request.request_id, None)
         return False, None
 
     # -- worker side ------------------------------------------------------------------------------
@@ -148,8 +158,14 @@ class KvblendConnector(KVConnectorBase_V1):
         assert isinstance(meta, KvblendConnectorMetadata)
         for load in meta.loads:
             kv = self._handoff.get(HandoffKey.from_str(load.key))
-            if kv is None:  # vLLM recomputes the blocks we report
+            if kv is None:
                 log.warning("request %s: blended KV %s vanished before loading", load.req_id, load.key)
+            elif (kv[0].shape[0], kv[0].shape[1], kv[0].shape[3]) != self._kv_shape or kv[0].shape[2] < load.end:
+                log.warning("request %s: blended KV %s has shape %s, this model needs [%d, %d, >=%d, %d]: refused",
+                            load.req_id, load.key, tuple(kv[0].shape), *self._kv_shape[:2], load.end,
+                            self._kv_shape[2])  # fmt: skip
+                kv = None
+            if kv is None:  # vLLM recomputes the blocks we report
                 self._failed_blocks.update(
                     load.block_ids[load.start // self._block_size : -(-load.end // self._block_size)]
                 )

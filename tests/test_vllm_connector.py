@@ -129,3 +129,89 @@ def test_eval_through_the_vllm_engine_matches_ours_at_full_prefill(lm, engine, t
     ours = run_items(lm, items, specs, cfg)
     theirs = run_items(lm, items, specs, cfg, engine=engine)
     assert [r["prediction"] for r in theirs] == [r["prediction"] for r in ours]
+
+
+def _generate_with_key(engine, tokens, key, max_tokens=24):
+    params = vllm.SamplingParams(temperature=0.0, max_tokens=max_tokens, detokenize=False, stop_token_ids=[0],
+                                 extra_args={"kv_transfer_params": {"kvblend_key": key.to_str()}})  # fmt: skip
+    out = engine.llm.generate([vllm.inputs.TokensPrompt(prompt_token_ids=tokens)], params, use_tqdm=False)[0]
+    return [t for t in out.outputs[0].token_ids if t != 0], out.outputs[0].finish_reason
+
+
+def test_kv_that_vanishes_before_loading_is_recomputed(engine, request_parts, monkeypatch):
+    """The hand-off was there when the scheduler matched it and gone when the worker loaded it (a file dropped
+    or damaged meanwhile): vLLM's default policy failed the request, so the completion came back empty."""
+    from kvblend.kv_handoff import KVHandoff
+
+    full = engine.generate(_req(request_parts, "full"))
+    monkeypatch.setattr(KVHandoff, "get", lambda self, key: None)
+    blended = engine.generate(_req(request_parts, "blend", 1.0))
+    assert len(full.tokens) >= 8 and blended.tokens == full.tokens
+
+
+def test_kv_dropped_between_match_and_allocation_does_not_crash_vllm(engine, request_parts, monkeypatch):
+    """The scheduler looked the key up again after allocating blocks; KV dropped in between (another request
+    for the same prompt finishing, another process) failed an assertion inside vLLM's scheduler."""
+    from kvblend.kv_handoff import KVHandoff
+
+    full = engine.generate(_req(request_parts, "full"))
+    has = KVHandoff.has
+
+    def has_then_vanish(self, key):
+        found = has(self, key)
+        self.drop(key)
+        return found
+
+    monkeypatch.setattr(KVHandoff, "has", has_then_vanish)
+    assert engine.generate(_req(request_parts, "blend", 1.0)).tokens == full.tokens
+
+
+@pytest.mark.parametrize("other", ["layers", "kv_heads", "head_dim"])
+def test_kv_of_another_model_shape_is_refused(engine, request_parts, other):
+    """KV of another model under a matching key (a shared hand-off directory, another checkpoint in our engine)
+    went into vLLM's cache: an IndexError or a shape error inside vLLM's worker, or wrong KV."""
+    req = _req(request_parts, "full")
+    tokens = req.all_tokens
+    c = engine.lm.config
+    shape = [c.n_layers, c.n_kv_heads, len(tokens), c.head_dim]
+    shape[{"layers": 0, "kv_heads": 1, "head_dim": 3}[other]] += {"layers": -1, "kv_heads": 1, "head_dim": 16}[other]
+    key = engine.handoff.put(tokens, torch.zeros(shape), torch.zeros(shape))
+    before = handoff_stats().get("loads", 0)
+    try:
+        ids, reason = _generate_with_key(engine, tokens, key)
+    finally:
+        engine.handoff.drop(key)
+    assert handoff_stats().get("loads", 0) == before + 1  # it was looked at, then refused
+    assert reason != "error" and ids == engine.generate(req).tokens
+
+
+def test_two_requests_at_once_get_their_own_tokens(engine, request_parts):
+    """Two threads in `generate` at once (an eval or server with more than one worker): both stepped the same
+    vLLM engine and could take each other's outputs."""
+    import threading
+
+    chunks, prompt = request_parts
+    reqs = [_req(request_parts, "blend", 1.0), _req((chunks[:3], prompt), "full", max_tokens=16)]
+    want = [engine.generate(r).tokens for r in reqs]
+    got, errors, barrier = [None, None], [], threading.Barrier(2)
+
+    def run(i):
+        try:
+            barrier.wait()
+            got[i] = engine.generate(reqs[i]).tokens
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)  # the old code deadlocked here
+    assert not errors and got == want
+
+
+def test_a_vllm_dtype_other_than_the_blends_is_refused_before_vllm_starts(lm):
+    """The blend computes the handed-over KV in the model's dtype; vLLM in another one was started anyway (the
+    default was float32 whatever the model: a GPU model loaded in bfloat16 got a float32 vLLM, twice the memory)."""
+    with pytest.raises(ValueError, match="differs from the model's float32"):
+        make_engine("vllm", lm, dtype="bfloat16", max_model_len=512, cpu_kv_cache_gib=1)
