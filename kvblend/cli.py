@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -416,6 +417,8 @@ def _bench_vllm(args: argparse.Namespace) -> int:
         raise ValueError(f"--contexts must be comma-separated integers, got {args.contexts!r}") from None
     cfg = VllmBenchConfig(contexts, args.chunk_tokens, args.prompt_tokens, args.ratio, args.repeats,
                           tokens=args.tokens, with_torch=not args.no_torch)  # fmt: skip
+    if importlib.util.find_spec("vllm") is None:  # before the model loads, not after
+        raise ValueError("bench vllm needs the vllm package (see README, 'vLLM')")
     dtype = getattr(torch, args.dtype, None)
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"unknown dtype {args.dtype!r}")

@@ -90,3 +90,21 @@ def test_bench_vllm_cli_refuses_bad_arguments_before_loading(capsys):
     assert cli.main(["bench", "vllm", "--repeats", "0", "--model", "/nonexistent/model"]) == 1
     err = capsys.readouterr().err
     assert "repeats" in err and "not found" not in err
+
+
+def test_bench_vllm_without_vllm_says_so_before_loading_the_model(capsys, monkeypatch):
+    import importlib.util
+
+    import blend.loader
+    from kvblend import cli
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here: the benchmark itself runs")
+
+    def no_load(*a, **kw):
+        raise AssertionError("the model was loaded before the missing vllm was noticed")
+
+    monkeypatch.setattr(blend.loader, "load_model", no_load)
+    assert cli.main(["bench", "vllm", "--model", "/nonexistent/model"]) == 1
+    err = capsys.readouterr().err
+    assert "needs the vllm package" in err and "Traceback" not in err
