@@ -84,9 +84,9 @@ class Indexer:
         if store is None:
             store = TieredStore.from_config(cfg.store, self.shape, dtype=dtype, device=dev)
         self.store = store
-        self._disk = store.tier("disk") if isinstance(store, TieredStore) else None
-        if self._disk is not None and Path(self._disk.dir).is_relative_to(cfg.root):
-            self._disk.anchor = cfg.root  # `rm -rf .kvblend` makes it again; a deleted workspace is not
+        disk = store.tier("disk") if isinstance(store, TieredStore) else None
+        if disk is not None and Path(disk.dir).is_relative_to(cfg.root):
+            disk.anchor = cfg.root  # `rm -rf .kvblend` makes it again; a deleted workspace is not
         prefix = tuple(lm.tokenizer.encode(f"{REPO_NAME}{cfg.repo_name}\n")) if cfg.shared_prefix else ()
         self.chunker = Chunker(lm.tokenizer, lm.fingerprint, cfg.max_chunk_tokens, cfg.min_chunk_tokens, prefix)
         self.engine = Precomputer(lm.model, prefix)
@@ -123,22 +123,14 @@ class Indexer:
         seconds = time.perf_counter() - t0
         if hot is None:
             hot = self._priority(chunk) <= Priority.RECENT
-        if hot or not isinstance(self.store, TieredStore) or self._disk_failing():
+        if hot or not isinstance(self.store, TieredStore):
             self.store.put(chunk.key, kv)
         else:
-            self.store.put_cold(chunk.key, kv)
-            if self._disk_failing():  # this write failed: keep the chunk in memory, not nowhere
-                memory = self.store.tier("memory")
-                if memory is not None:
-                    memory.put(chunk.key, kv)
+            self.store.put_cold(chunk.key, kv)  # memory too while the disk cannot be written
         with self._count:
             self.engine_seconds += seconds
             self.computed += 1
         return kv
-
-    def _disk_failing(self) -> bool:
-        """The disk tier cannot be written now (read-only, full): chunks meant for it go to memory instead."""
-        return self._disk is not None and getattr(self._disk, "write_error", None) is not None
 
     def get_kv(self, chunk: Chunk) -> ChunkKV:
         """The chunk's KV from the store, or computed now (a miss, or an entry that failed verification)."""

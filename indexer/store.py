@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 class KVStore(abc.ABC):
     name: str = "?"
+    write_error: str | None = None  # why this tier cannot keep what it is given now (the disk tier sets it)
 
     @abc.abstractmethod
     def get(self, key: ChunkKey) -> ChunkKV | None: ...
@@ -143,13 +144,18 @@ class TieredStore(KVStore):
 
     def put_cold(self, key: ChunkKey, kv: ChunkKV) -> None:
         """Write to every tier but memory (to memory as well when it is the only tier): for chunks nobody is
-        reading now, which a later `get` promotes."""
+        reading now, which a later `get` promotes. While a tier below cannot be written (a read-only or full
+        disk), memory keeps the chunk too: otherwise it would be kept nowhere and computed again on every use."""
         kv = _fp16(key, kv)
         if kv is None:
             return
         below = [t for t in self.tiers if t.name != "memory"]
         for t in below or self.tiers:
             t.put(key, kv)
+        if below and any(t.write_error is not None for t in below):
+            for t in self.tiers:
+                if t.name == "memory":
+                    t.put(key, kv)
 
     def contains(self, key: ChunkKey) -> bool:
         return any(t.contains(key) for t in self.tiers)
