@@ -6,6 +6,7 @@ import functools
 import json
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 
 from blend.weights import CheckpointError
@@ -13,6 +14,11 @@ from blend.weights import CheckpointError
 # Special tokens in the Qwen2.5-Coder convention (the bundled model uses the same names).
 FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"
 FILE_SEP, REPO_NAME, ENDOFTEXT = "<|file_sep|>", "<|repo_name|>", "<|endoftext|>"
+
+# The Qwen2 split (Qwen2.5-Coder's tokenizer.json), one of the two splits `Tokenizer.cuts_at_lines` knows.
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 class Tokenizer:
@@ -54,7 +60,7 @@ class Tokenizer:
         """An upper bound on the text bytes one token stands for, where every byte of a text is in some token
         (byte-level BPE with no normalizer: the code models'), else None. A text of more characters than
         n x this cannot tokenize into n tokens or fewer, so a chunker need not tokenize it to know."""
-        spec = json.loads(self._tok.to_str())
+        spec = self._spec
         pre = spec.get("pre_tokenizer") or {}
         parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
         if spec.get("normalizer") is not None or not any(q.get("type") == "ByteLevel" for q in parts):
@@ -62,6 +68,77 @@ class Tokenizer:
         # The model's tokens are spelt in the byte-level alphabet, one character per byte; added tokens as text.
         added = [len(t.content.encode("utf-8")) for t in self._tok.get_added_tokens_decoder().values()]
         return max([len(t) for t in self._tok.get_vocab(with_added_tokens=False)] + added, default=None)
+
+    @functools.cached_property
+    def _spec(self) -> dict:
+        return json.loads(self._tok.to_str())
+
+    @functools.cached_property
+    def token_bytes(self) -> np.ndarray | None:
+        """Text bytes of each token id (byte-level BPE: one character of a token per byte; added tokens as their
+        UTF-8), where `cuts_at_lines` holds, else None."""
+        if not self.cuts_at_lines:
+            return None
+        out = np.zeros(self.vocab_size, dtype=np.int64)
+        for t, i in self._tok.get_vocab(with_added_tokens=False).items():
+            out[i] = len(t)
+        for i, t in self._tok.get_added_tokens_decoder().items():
+            out[i] = len(t.content.encode("utf-8"))
+        return out
+
+    @functools.cached_property
+    def cuts_at_lines(self) -> bool:
+        """Whether ids split at lines: where a "\\n" is followed by a printable ASCII character, a token starts at
+        that character whatever comes after it, and the split before it looks no further than that character.
+        Then the ids of a text cut there are the ids of its two parts, the first with the character appended
+        (and its one token dropped), and a chunk's ids can be cut out of its file's (`indexer.chunker`).
+
+        Holds for byte-level BPE split by the GPT-2 rule (ByteLevel's own regex) or by the Qwen2 rule, every
+        piece of which that can hold a "\\n" ends at whitespace and whose only look-ahead (`\\s+(?!\\S)`) reads
+        one character: no prefix space, no dropout, no subword affixes. A normalizer is allowed for ASCII text
+        only (`can_cut`)."""
+        spec = self._spec
+        model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
+        if model.get("type") != "BPE" or model.get("dropout") or model.get("continuing_subword_prefix"):
+            return False
+        if model.get("end_of_word_suffix"):
+            return False
+        parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+        level = [q for q in parts if q.get("type") == "ByteLevel"]
+        if len(level) != 1 or level[0].get("add_prefix_space"):
+            return False
+        if parts == level:
+            return bool(level[0].get("use_regex", True))
+        split = [q for q in parts if q is not level[0]]
+        return (
+            len(parts) == 2
+            and parts[1] is level[0]
+            and not level[0].get("use_regex", True)
+            and split[0].get("type") == "Split"
+            and (split[0].get("pattern") or {}).get("Regex") == QWEN2_SPLIT
+            and split[0].get("behavior") == "Isolated"
+            and not split[0].get("invert")
+        )
+
+    def can_cut(self, text: str) -> bool:
+        """Whether ids of `text` split at lines (`cuts_at_lines`): it is ASCII where a normalizer could change its
+        characters, and where it holds an added token's text (split off before anything else, so the text before
+        one reads as a text's end), no added token strips the spaces beside it or holds whitespace (a cut must
+        not start with one either: `added_texts`)."""
+        if not self.cuts_at_lines or (self._spec.get("normalizer") is not None and not text.isascii()):
+            return False
+        return self._plain_added or not any(t in text for t in self.added_texts)
+
+    @functools.cached_property
+    def added_texts(self) -> tuple[str, ...]:
+        return tuple(t.content for t in self._tok.get_added_tokens_decoder().values())
+
+    @functools.cached_property
+    def _plain_added(self) -> bool:
+        return all(
+            not (t.lstrip or t.rstrip or t.single_word) and t.content and not any(c.isspace() for c in t.content)
+            for t in self._tok.get_added_tokens_decoder().values()
+        )
 
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special)

@@ -115,7 +115,8 @@ class Chunker:
         budget = self.max_tokens - len(self.tok.encode(header(path)))
         if budget < 8:
             raise ValueError(f"path {path!r} leaves no room in a {self.max_tokens}-token chunk")
-        counts = self._line_counts(lines, budget)
+        cut = _FileIds.of(self.tok, text, lines, self._max_chars(budget))
+        counts = cut.line_counts if cut is not None else self._line_counts(lines, budget)
         spans = self._merge_small(counts, spans, budget)
         pieces = [p for a, b in spans for p in self._split(lines, counts, a, b, budget)]
         merged: list[tuple[int, int]] = []
@@ -129,10 +130,12 @@ class Chunker:
         bodies = ["".join(lines[s:e]) for s, e in merged]
         texts = [header(path) + body for body in bodies]
         may_fit = [len(t) <= self._max_chars(self.max_tokens) for t in texts]
-        ids = iter(self.tok.encode_batch([t for t, f in zip(texts, may_fit, strict=True) if f]))  # each on its own
+        pairs = zip(merged, may_fit, strict=True)
+        cuts = [cut.ids(header(path), s, e) if cut is not None and f else None for (s, e), f in pairs]
+        ids = iter(self.tok.encode_batch([t for t, f, c in zip(texts, may_fit, cuts, strict=True) if f and c is None]))
         chunks = []
-        for (s, e), body, f in zip(merged, bodies, may_fit, strict=True):
-            tokens = next(ids) if f else None
+        for (s, e), body, f, c in zip(merged, bodies, may_fit, cuts, strict=True):
+            tokens = c() if c is not None else next(ids) if f else None
             if tokens is not None and len(tokens) <= self.max_tokens:
                 chunks.append(self._chunk(path, kind, body, s + 1, e, tuple(tokens)))
             else:
@@ -224,6 +227,97 @@ class Chunker:
         return self._fit(path, kind, body[:mid], start_line, end_line) + self._fit(
             path, kind, body[mid:], start_line, end_line
         )
+
+
+class _FileIds:
+    """One tokenization of a whole file, out of which its chunks' ids are cut: the same ids as tokenizing each
+    chunk on its own, for about half the tokenizing (README). A line offers a cut where the split before a token
+    is forced whatever follows (`Tokenizer.cuts_at_lines`); the ids of a text cut there are then those of its two
+    parts tokenized on their own:
+    - a line that starts with printable ASCII after a "\\n": the cut is at its start, and the first part is
+      tokenized with that character appended (its one token dropped: a run of blank lines before it splits
+      otherwise at the end of a text than before a character);
+    - a line indented by spaces, then printable ASCII: the cut is before its last space, which starts a token
+      with what follows (" def"), and the whitespace before it ends there either way.
+    So a chunk (header + lines s..e) takes the header and its lines up to its first cut tokenized on their own,
+    then the file's ids up to its last cut, then the rest tokenized on its own: the short pieces of all chunks go
+    to the tokenizer in one batch (`ids` defers them)."""
+
+    def __init__(self, tok: Tokenizer, lines: list[str], ids: np.ndarray, line_start: np.ndarray) -> None:
+        self.tok, self.lines = tok, lines
+        self.file_ids = ids
+        self.token_start = np.cumsum(tok.token_bytes[ids]) - tok.token_bytes[ids]  # byte offset of each token
+        self.line_start = line_start  # byte offset of each line, then the file's length
+        line_of = np.searchsorted(line_start, self.token_start, side="right") - 1
+        self.line_counts = np.bincount(line_of, minlength=len(lines))[: len(lines)]  # tokens starting on each line
+        added = tok.added_texts
+        self.cut = [_cut(lines, i, added) for i in range(len(lines))]  # (chars into the line, appended?) or None
+        self._pending: list[str] = []  # the pieces to tokenize
+        self._done: list[list[int]] | None = None
+
+    @classmethod
+    def of(cls, tok: Tokenizer, text: str, lines: list[str], max_line_chars: float) -> _FileIds | None:
+        """The file's ids, or None where chunks must be tokenized one by one: a tokenizer whose ids do not split at
+        lines, added tokens' text in the file, or a line too long to tokenize (`Chunker._line_counts`)."""
+        if not tok.can_cut(text) or max(map(len, lines), default=0) > max_line_chars:
+            return None
+        ids = np.asarray(tok.encode_batch([text])[0], dtype=np.int64)
+        sizes = [len(line) for line in lines] if text.isascii() else [len(line.encode("utf-8")) for line in lines]
+        line_start = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        if int(tok.token_bytes[ids].sum()) != line_start[-1]:  # not the file's bytes (a normalizer at work)
+            return None
+        return cls(tok, lines, ids, line_start)
+
+    def _token_at(self, i: int) -> int | None:
+        """Index of the file's token starting at line i's cut (None: none starts there, which a cut rules out;
+        the cut's characters are ASCII spaces, one byte each)."""
+        at_byte = self.line_start[i] + self.cut[i][0]
+        at = int(np.searchsorted(self.token_start, at_byte))
+        return at if at < len(self.file_ids) and self.token_start[at] == at_byte else None
+
+    def ids(self, head: str, s: int, e: int):
+        """A callable giving the ids of `head` + lines[s:e] once `_done` (the first call tokenizes every pending
+        piece in one batch), or None where the chunk has no two cuts to cut at (it is tokenized whole)."""
+        first = next((i for i in range(s, e) if self.cut[i] is not None), None)
+        # the last cut must be inside the chunk, unless the chunk ends the file: a text's end reads differently
+        # from the line that follows it in the file
+        last = e if e == len(self.lines) else next((i for i in range(e - 1, s, -1) if self.cut[i] is not None), None)
+        if first is None or last is None or last <= first or not head.endswith("\n"):
+            return None
+        a, b = self._token_at(first), self._token_at(last) if last < len(self.lines) else len(self.file_ids)
+        if a is None or b is None:
+            return None
+        (k, append), n = self.cut[first], len(self._pending)
+        line = self.lines[first]
+        self._pending.append(head + "".join(self.lines[s:first]) + (line[0] if append else line[:k]))
+        if last < e:
+            self._pending.append(self.lines[last][self.cut[last][0] :] + "".join(self.lines[last + 1 : e]))
+        middle = self.file_ids[a:b].tolist()
+
+        def get() -> list[int] | None:
+            if self._done is None:
+                self._done = self.tok.encode_batch(self._pending)
+            prefix, suffix = self._done[n], self._done[n + 1] if last < e else []
+            if append:
+                if not prefix or self.tok.token_bytes[prefix[-1]] != 1:  # the character is not one token
+                    return None
+                prefix = prefix[:-1]
+            return prefix + middle + suffix
+
+        return get
+
+
+def _cut(lines: list[str], i: int, added: tuple[str, ...]) -> tuple[int, bool] | None:
+    """Line i's cut (`_FileIds`): (characters into the line, whether the first part takes the next character), or
+    None. A line after one that does not end in "\\n" (another line break, or none) offers none, nor one whose
+    text starts with an added token's (`<|file_sep|>`: the text before it is split as a text's end)."""
+    line = lines[i]
+    if i > 0 and not lines[i - 1].endswith("\n"):
+        return None
+    k = len(line) - len(line.lstrip(" "))
+    if not "!" <= line[k : k + 1] <= "~" or line.startswith(added, k):
+        return None
+    return (0, True) if k == 0 else (k - 1, False)
 
 
 def _spans(starts: list[int], n_lines: int) -> list[tuple[int, int]]:

@@ -17,6 +17,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 
 from blend.cacheblend import ChunkKV, precompute_chunk
@@ -114,8 +115,14 @@ def run_on_workers(work: Callable[[], int], workers: int, interrupted: Callable[
 
 
 def _finite(x: torch.Tensor) -> bool:
-    """No inf or nan in `x` (fp16): one fp32 sum, not an element-wise mask. Exact: a sum of finite fp16 values
-    (|x| <= 65504) cannot overflow fp32 at any chunk size, and any inf or nan makes the sum inf or nan."""
+    """No inf or nan in `x` (fp16). On a CPU from the bit patterns: a half is inf or nan when its exponent bits
+    are all set, that is when its bits read as int16 are >= 0x7C00 (positive) or read as uint16 are >= 0xFC00
+    (negative), so two integer max passes decide it (an index run's checks: 43 -> ~15 ms of CPU, README).
+    Elsewhere one fp32 sum, exact too: a sum of finite fp16 values (|x| <= 65504) cannot overflow fp32 at any
+    chunk size, and any inf or nan makes the sum inf or nan."""
+    if x.device.type == "cpu" and x.dtype == torch.float16 and x.is_contiguous():
+        bits = x.view(torch.int16).numpy()
+        return bits.size == 0 or (int(bits.max()) < 0x7C00 and int(bits.view(np.uint16).max()) < 0xFC00)
     return bool(torch.isfinite(x.sum(dtype=torch.float32)))
 
 

@@ -20,7 +20,6 @@ import errno
 import logging
 import mmap
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from indexer.store import KVStore
 
 log = logging.getLogger(__name__)
 
+_O_TMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _STALE_TMP_S = 60.0  # a temporary file this old belongs to a writer that died
 _TOUCH_S = 600.0  # a read entry's mtime is moved to now when older than this (the LRU order across restarts)
 
@@ -223,14 +223,16 @@ class DiskStore(KVStore):
                 raise FileNotFoundError(errno.ENOENT, "the directory holding the cache is gone", str(self.anchor))
             path.parent.mkdir(parents=True, exist_ok=True)
             self._dirs.add(path.parent)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key.token_hash}.", suffix=".tmp", dir=path.parent)
+        # os.open + writev: tempfile.mkstemp and a buffered file object cost ~40 us more per entry, CPU taken
+        # from the model while indexing (README)
+        fd, tmp = _create_tmp(path.parent, key.token_hash)
         try:
-            with os.fdopen(fd, "wb") as f:
-                for part in parts:
-                    f.write(part)
+            try:
+                _write_all(fd, parts)
                 if self.fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except BaseException:
             _unlink(tmp)
@@ -306,6 +308,30 @@ class DiskStore(KVStore):
 
 class _Changed(Exception):
     """The file changed while it was read (another writer's rename): a miss, not damage."""
+
+
+def _create_tmp(directory: Path, stem: str) -> tuple[int, str]:
+    """A new temporary file `.<stem>.<random>.tmp` in `directory`, created exclusively (mode 0600, as mkstemp)."""
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{stem}.{os.urandom(6).hex()}.tmp")
+        try:
+            return os.open(tmp, _O_TMP, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(directory))
+
+
+def _write_all(fd: int, parts: list) -> None:
+    """Write the buffers one after another (one writev; a short write goes on from where it stopped)."""
+    views = [memoryview(p).cast("B") for p in parts]
+    done = os.writev(fd, views)
+    for v in views:
+        if done >= len(v):
+            done -= len(v)
+            continue
+        v, done = v[done:], 0
+        while v:
+            v = v[os.write(fd, v) :]
 
 
 def _will_need(fd: int) -> None:

@@ -49,26 +49,11 @@ def _cfg(root: Path, **kw) -> IndexerConfig:
 
 def _full_disk(monkeypatch) -> None:
     """Every write of an entry fails with ENOSPC after its temporary file was made (as a full disk does)."""
-    real = os.fdopen
 
-    class Full:
-        def __init__(self, f) -> None:
-            self.f = f
+    def writev(fd, buffers) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc) -> None:
-            self.f.close()
-
-        def write(self, data) -> int:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def fdopen(fd, mode="r", *args, **kw):
-        f = real(fd, mode, *args, **kw)
-        return Full(f) if "w" in mode else f
-
-    monkeypatch.setattr(os, "fdopen", fdopen)
+    monkeypatch.setattr(os, "writev", writev)
 
 
 def _disk_warnings(caplog) -> list[str]:

@@ -140,3 +140,115 @@ def test_a_minified_line_is_split_without_tokenizing_what_cannot_fit(tok, monkey
     ]
     assert len(fast) > 100 and all(c.n_tokens <= 64 for c in fast)
     assert fast_chars < sum(seen) / 2
+
+
+_PIECES = [
+    "def f():\n", "    return 1\n", "\n", "\n\n", "  \n", "x = 1  \n", "\t\tfoo\n", "# comment:\n", "class A:\n",
+    "\r\n", "y\r\n", "):\n", "]\n\n", "é = 'ü'\n", "\u00a0bar\n", "'s\n", "123\n", " 7\n", "@dec\n", "}\n", "\x0c\n",
+    "a\x0b", "b\u2028", "   x\n", " (y\n", "''\n", '"""doc\n', "\tz\n", " \t w\n",
+    "<|file_sep|>x\n", "    <|endoftext|>\n", "s = '<|file_sep|>'\n", "\n<|file_sep|>\n", "  <|endoftext|>y\n",
+]  # fmt: skip
+
+
+def _trained_tokenizer(tmp_path, qwen2=True):
+    """A byte-level BPE trained here on a few sources (no hub): split by the Qwen2 rule and NFC-normalized, as
+    Qwen2.5-Coder's, or by ByteLevel's own (GPT-2) rule, with merges of blank-line runs the bundled one lacks."""
+    from pathlib import Path
+
+    from tokenizers import Regex, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.models import BPE
+
+    from blend.tokenizer import QWEN2_SPLIT, Tokenizer
+
+    hf = HFTokenizer(BPE())
+    if qwen2:
+        hf.normalizer = normalizers.NFC()
+        split = pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated")
+        level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        hf.pre_tokenizer = pre_tokenizers.Sequence([split, level])
+    else:
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    corpus = [p.read_text() for p in sorted(Path(__file__).parents[1].glob("indexer/*.py"))]
+    special = ["<|endoftext|>", "<|file_sep|>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=1500, initial_alphabet=alphabet, special_tokens=special)
+    hf.train_from_iterator(corpus, trainer)
+    hf.save(str(tmp_path / "tokenizer.json"))
+    tok = Tokenizer.from_dir(tmp_path)
+    assert qwen2 or tok.token_id("ĊĊ") is not None  # "\n\n" is one token
+    return tok
+
+
+@pytest.mark.parametrize("which", ["bundled", "qwen2", "gpt2"])
+def test_ids_cut_out_of_the_file_are_the_chunks_own(tok, tmp_path, monkeypatch, which):
+    """Chunks take their ids out of one tokenization of the file (`_FileIds`): they must be exactly the ids of
+    the chunk's text tokenized alone, at every kind of line break, indentation, blank run and trailing space."""
+    import random
+    from pathlib import Path
+
+    import indexer.chunker
+
+    tok = tok if which == "bundled" else _trained_tokenizer(tmp_path, qwen2=which == "qwen2")
+    assert tok.cuts_at_lines
+    real, cut = indexer.chunker._FileIds.ids, []
+
+    def counting(self, *a):
+        got = real(self, *a)
+        cut.append(got is not None)
+        return got
+
+    monkeypatch.setattr(indexer.chunker._FileIds, "ids", counting)
+    rng = random.Random(0)
+    sources = [p.read_text() for p in sorted(Path(__file__).parents[1].glob("[bi]*/*.py"))]
+    texts = [rng.choice(sources) for _ in range(6)]
+    texts += ["".join(rng.choice(_PIECES) for _ in range(rng.randint(1, 150))) for _ in range(300)]
+    texts += ["".join(rng.choice(_PIECES[:9]) for _ in range(rng.randint(1, 150))) for _ in range(100)]  # ASCII
+    for i, text in enumerate(texts):
+        ch = Chunker(tok, "ab" * 16, rng.choice([24, 64, 512]), rng.choice([4, 16, 48]))
+        for c in ch.chunk_file(rng.choice(["m.py", "n.js", "doc.md", "a b.txt"]), text):
+            assert list(c.tokens) == tok.encode(c.text), (i, c.start_line, c.text[:200])
+    assert sum(cut) > 500 and not all(cut)  # most chunks were cut out of their file, some tokenized whole
+
+
+def test_ids_are_cut_only_where_the_tokenizer_allows(tok, tmp_path):
+    """Another split rule, a prefix space, dropout: every chunk is tokenized on its own. So is a file holding the
+    text of an added token that strips the spaces beside it, and non-ASCII text under a normalizer."""
+    import json
+
+    from blend.tokenizer import Tokenizer
+
+    assert tok.cuts_at_lines and tok.can_cut("def f():\n    pass\n") and tok.can_cut("é\n")
+    assert tok.can_cut("x = '<|file_sep|>'\n")  # added tokens split off first: no cut starts with one
+    spec = json.loads(tok._tok.to_str())
+    stripping = [{**t, "lstrip": True} if t["content"] == "<|file_sep|>" else t for t in spec["added_tokens"]]
+    variants = {
+        "prefix space": {**spec, "pre_tokenizer": {**spec["pre_tokenizer"], "add_prefix_space": True}},
+        "dropout": {**spec, "model": {**spec["model"], "dropout": 0.1}},
+        "other split": {
+            **spec,
+            "pre_tokenizer": {
+                "type": "Sequence",
+                "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": r"\s+|\S+"}, "behavior": "Isolated", "invert": False},
+                    {**spec["pre_tokenizer"], "use_regex": False},
+                ],
+            },
+        },  # fmt: skip
+        "an added token that strips spaces": {**spec, "added_tokens": stripping},
+    }
+    for name, v in variants.items():
+        d = tmp_path / name.replace(" ", "-")
+        d.mkdir()
+        (d / "tokenizer.json").write_text(json.dumps(v))
+        other = Tokenizer.from_dir(d)
+        if name == "an added token that strips spaces":  # only where the text holds it
+            assert other.can_cut("x\n") and not other.can_cut("x = '<|file_sep|>'\n")
+        else:
+            assert not other.cuts_at_lines and other.token_bytes is None and not other.can_cut("x\n"), name
+        text = "def f():\n    return 1\n\n  <|file_sep|> x\n" * 30
+        chunks = Chunker(other, "ab" * 16, 64, 8).chunk_file("m.py", text)
+        if name != "dropout":  # whose ids differ from one tokenization to the next
+            assert all(list(c.tokens) == other.encode(c.text) for c in chunks), name
+    qwen = _trained_tokenizer(tmp_path)
+    assert qwen.cuts_at_lines and qwen.can_cut("x\n") and not qwen.can_cut("é\n")  # NFC may change é

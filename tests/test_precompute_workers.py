@@ -180,3 +180,19 @@ def test_worker_count_is_bounded(tmp_path):
     with pytest.raises(ValueError, match="workers must be in"):
         IndexerConfig(tmp_path, workers=MAX_WORKERS + 1)
     assert IndexerConfig(tmp_path, workers=MAX_WORKERS).workers == MAX_WORKERS
+
+
+@pytest.mark.parametrize("bits", [0x7C00, 0xFC00, 0x7C01, 0x7E00, 0xFE00, 0xFFFF, 0x7FFF, 0xFC01])
+@pytest.mark.parametrize("n", [1, 7, 4096])
+def test_a_non_finite_half_is_found_wherever_it_is(bits, n):
+    """inf and nan of either sign, anywhere in the tensor, among finite values up to the largest half."""
+    from indexer.precompute import _finite
+
+    x = torch.tensor([65504.0, -65504.0, 0.0, -0.0, 6e-8, -6e-8, 1.5, -2.5] * n, dtype=torch.float16)
+    assert _finite(x) and _finite(x.reshape(-1, 8)) and _finite(x[::2])  # strided: the sum path
+    for at in (0, len(x) // 2, len(x) - 1):
+        y = x.clone()
+        y.view(torch.int16)[at] = bits - (1 << 16) if bits >= 1 << 15 else bits
+        assert not torch.isfinite(y).all()
+        assert not _finite(y) and not _finite(y.reshape(-1, 8)) and not _finite(y[at:])
+    assert _finite(x[:0])

@@ -237,3 +237,36 @@ def test_a_refused_read_ahead_hint_does_not_lose_the_entry(tmp_path, monkeypatch
     out = store.get(_key(kv))
     assert out is not None and torch.equal(out.k, kv.k.half())
     assert calls == [os.POSIX_FADV_WILLNEED]  # the hint was asked for, and its refusal ignored
+
+
+def test_short_writes_go_on_where_they_stopped(tmp_path, monkeypatch):
+    """writev and write may write less than asked (a signal, a filesystem limit): the entry is still whole."""
+    import indexer.store_disk as store_disk
+
+    store = DiskStore(tmp_path, 1 << 30)
+    kv = _kv(200)
+    real_writev, real_write = os.writev, os.write
+    monkeypatch.setattr(store_disk.os, "writev", lambda fd, bufs: real_writev(fd, [bytes(bufs[0])[:37]]))
+    monkeypatch.setattr(store_disk.os, "write", lambda fd, buf: real_write(fd, bytes(buf)[:1000]))
+    store.put(_key(kv), kv)
+    monkeypatch.undo()
+    got = store.get(_key(kv))
+    assert got is not None and torch.equal(got.k, kv.k.half()) and torch.equal(got.v, kv.v.half())
+
+
+def test_a_temporary_name_in_use_is_not_written_over(tmp_path, monkeypatch):
+    """Temporary files are made exclusively: another writer's file of the same name is left alone."""
+    import indexer.store_disk as store_disk
+
+    store = DiskStore(tmp_path, 1 << 30)
+    kv = _kv(20)
+    path = tmp_path / _key(kv).relpath()
+    path.parent.mkdir(parents=True)
+    names = iter([b"\x00" * 6, b"\x00" * 6, b"\x01" * 6])
+    monkeypatch.setattr(store_disk.os, "urandom", lambda n: next(names))
+    other = path.parent / f".{_key(kv).token_hash}.{'00' * 6}.tmp"
+    other.write_bytes(b"another writer")
+    store.put(_key(kv), kv)
+    assert other.read_bytes() == b"another writer"
+    assert store.get(_key(kv)) is not None
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
