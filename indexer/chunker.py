@@ -257,13 +257,14 @@ class _FileIds:
 
     @classmethod
     def of(cls, tok: Tokenizer, text: str, lines: list[str], max_line_chars: float) -> _FileIds | None:
-        """The file's ids, or None where chunks must be tokenized one by one: a tokenizer whose ids do not split at
-        lines, added tokens' text in the file, or a line too long to tokenize (`Chunker._line_counts`)."""
+        """The file's ids, or None where chunks must be tokenized one by one (`Tokenizer.can_cut`), or where a line
+        is too long to tokenize (`Chunker._line_counts`)."""
         if not tok.can_cut(text) or max(map(len, lines), default=0) > max_line_chars:
             return None
         ids = np.asarray(tok.encode_batch([text])[0], dtype=np.int64)
-        sizes = [len(line) for line in lines] if text.isascii() else [len(line.encode("utf-8")) for line in lines]
-        line_start = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        # (text the tokenizer took holds no lone surrogate)
+        utf8 = [len(line) for line in lines] if text.isascii() else [len(line.encode("utf-8")) for line in lines]
+        line_start = np.concatenate([[0], np.cumsum(utf8, dtype=np.int64)])
         if int(tok.token_bytes[ids].sum()) != line_start[-1]:  # not the file's bytes (a normalizer at work)
             return None
         return cls(tok, lines, ids, line_start)
