@@ -88,20 +88,20 @@ class Tokenizer:
 
     @functools.cached_property
     def cuts_at_lines(self) -> bool:
-        """Whether ids split at lines: where a "\\n" is followed by a printable ASCII character, a token starts at
-        that character whatever comes after it, and the split before it looks no further than that character.
-        Then the ids of a text cut there are the ids of its two parts, the first with the character appended
-        (and its one token dropped), and a chunk's ids can be cut out of its file's (`indexer.chunker`).
+        """Whether ids split at lines: where a "\\n" is followed by a printable ASCII character, or a space after
+        whitespace is, a token starts at that character (or space) whatever comes after it, and the split before
+        it looks no further than that character. Then a chunk's ids can be cut out of its file's (the two kinds
+        of cut: `indexer.chunker._FileIds`).
 
         Holds for byte-level BPE split by the GPT-2 rule (ByteLevel's own regex) or by the Qwen2 rule, every
         piece of which that can hold a "\\n" ends at whitespace and whose only look-ahead (`\\s+(?!\\S)`) reads
-        one character: no prefix space, no dropout, no subword affixes. A normalizer is allowed for ASCII text
-        only (`can_cut`)."""
+        one character: no prefix space, no dropout, no subword affixes, no normalizer but Unicode normalization
+        (the identity on ASCII; non-ASCII text is then not cut: `can_cut`)."""
         spec = self._spec
         model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
         if model.get("type") != "BPE" or model.get("dropout") or model.get("continuing_subword_prefix"):
             return False
-        if model.get("end_of_word_suffix"):
+        if model.get("end_of_word_suffix") or not _unicode_forms_only(spec.get("normalizer")):
             return False
         parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
         level = [q for q in parts if q.get("type") == "ByteLevel"]
@@ -142,6 +142,15 @@ class Tokenizer:
 
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special)
+
+
+def _unicode_forms_only(norm: dict | None) -> bool:
+    """No normalizer, or only Unicode normalization forms (which leave ASCII text as it is)."""
+    if norm is None:
+        return True
+    if norm.get("type") == "Sequence":
+        return all(_unicode_forms_only(n) for n in norm.get("normalizers", []))
+    return norm.get("type") in ("NFC", "NFD", "NFKC", "NFKD")
 
 
 def _eos_from_tokenizer_config(model_dir: Path, tok: HFTokenizer) -> tuple[int, ...]:

@@ -236,6 +236,7 @@ def test_ids_are_cut_only_where_the_tokenizer_allows(tok, tmp_path):
             },
         },  # fmt: skip
         "an added token that strips spaces": {**spec, "added_tokens": stripping},
+        "a normalizer": {**spec, "normalizer": {"type": "Replace", "pattern": {"String": "\n"}, "content": " "}},
     }
     for name, v in variants.items():
         d = tmp_path / name.replace(" ", "-")
