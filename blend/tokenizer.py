@@ -60,10 +60,7 @@ class Tokenizer:
         """An upper bound on the text bytes one token stands for, where every byte of a text is in some token
         (byte-level BPE with no normalizer: the code models'), else None. A text of more characters than
         n x this cannot tokenize into n tokens or fewer, so a chunker need not tokenize it to know."""
-        spec = self._spec
-        pre = spec.get("pre_tokenizer") or {}
-        parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
-        if spec.get("normalizer") is not None or not any(q.get("type") == "ByteLevel" for q in parts):
+        if self._spec.get("normalizer") is not None or not any(q.get("type") == "ByteLevel" for q in self._pre_parts):
             return None
         # The model's tokens are spelt in the byte-level alphabet, one character per byte; added tokens as text.
         added = [len(t.content.encode("utf-8")) for t in self._tok.get_added_tokens_decoder().values()]
@@ -72,6 +69,12 @@ class Tokenizer:
     @functools.cached_property
     def _spec(self) -> dict:
         return json.loads(self._tok.to_str())
+
+    @functools.cached_property
+    def _pre_parts(self) -> list[dict]:
+        """The pre-tokenizer's steps (one, or those of a Sequence)."""
+        pre = self._spec.get("pre_tokenizer") or {}
+        return pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
 
     @functools.cached_property
     def token_bytes(self) -> np.ndarray | None:
@@ -98,12 +101,12 @@ class Tokenizer:
         one character: no prefix space, no dropout, no subword affixes, no normalizer but Unicode normalization
         (the identity on ASCII; non-ASCII text is then not cut: `can_cut`)."""
         spec = self._spec
-        model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
+        model = spec.get("model") or {}
         if model.get("type") != "BPE" or model.get("dropout") or model.get("continuing_subword_prefix"):
             return False
         if model.get("end_of_word_suffix") or not _unicode_forms_only(spec.get("normalizer")):
             return False
-        parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+        parts = self._pre_parts
         level = [q for q in parts if q.get("type") == "ByteLevel"]
         if len(level) != 1 or level[0].get("add_prefix_space"):
             return False

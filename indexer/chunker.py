@@ -243,10 +243,10 @@ class _FileIds:
     then the file's ids up to its last cut, then the rest tokenized on its own: the short pieces of all chunks go
     to the tokenizer in one batch (`ids` defers them)."""
 
-    def __init__(self, tok: Tokenizer, lines: list[str], ids: np.ndarray, line_start: np.ndarray) -> None:
+    def __init__(self, tok: Tokenizer, lines: list[str], ids: np.ndarray, sizes: np.ndarray, line_start: np.ndarray):
         self.tok, self.lines = tok, lines
         self.file_ids = ids
-        self.token_start = np.cumsum(tok.token_bytes[ids]) - tok.token_bytes[ids]  # byte offset of each token
+        self.token_start = np.cumsum(sizes) - sizes  # byte offset of each token (`sizes`: its bytes)
         self.line_start = line_start  # byte offset of each line, then the file's length
         line_of = np.searchsorted(line_start, self.token_start, side="right") - 1
         self.line_counts = np.bincount(line_of, minlength=len(lines))[: len(lines)]  # tokens starting on each line
@@ -265,9 +265,10 @@ class _FileIds:
         # (text the tokenizer took holds no lone surrogate)
         utf8 = [len(line) for line in lines] if text.isascii() else [len(line.encode("utf-8")) for line in lines]
         line_start = np.concatenate([[0], np.cumsum(utf8, dtype=np.int64)])
-        if int(tok.token_bytes[ids].sum()) != line_start[-1]:  # not the file's bytes (a normalizer at work)
+        sizes = tok.token_bytes[ids]
+        if int(sizes.sum()) != line_start[-1]:  # not the file's bytes (a normalizer at work)
             return None
-        return cls(tok, lines, ids, line_start)
+        return cls(tok, lines, ids, sizes, line_start)
 
     def _token_at(self, i: int) -> int | None:
         """Index of the file's token starting at line i's cut (None: none starts there, which a cut rules out;
